@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it
+# needs into .venv (pinned by constraints.txt) and, on Debian as root, the
+# Fashion-MNIST package.
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/pip install -q -c constraints.txt
+WORKDIR ?= workdirs/fmnist_demo
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: demo test install dataset clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+
+$(VENV)/.base: $(VENV)/bin/python setup.py constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) -e '.[test,torch]'
+	touch $@
+
+install: $(VENV)/.base
+
+# Debian's dataset-fashion-mnist package; elsewhere the data layer falls back to
+# TFDS (internet) or says what is missing.
+dataset:
+	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || \
+	   (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	fi
+	@[ -d $(FMNIST_DIR) ] || echo "note: $(FMNIST_DIR) missing; Fashion-MNIST will come from TFDS (needs internet)"
+
+demo: $(VENV)/.base dataset
+	$(VENV)/bin/mae-jax pretrain --config=configs/pretrain_fmnist.py --workdir=$(WORKDIR)
+	$(VENV)/bin/mae-jax visualize --workdir=$(WORKDIR) --out=$(WORKDIR)/reconstructions.png
+
+test: $(VENV)/.test dataset
+	$(VENV)/bin/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,23 @@
+"""The demo: a tiny MAE pretrained on Fashion-MNIST (28x28, patch 4) on a laptop CPU.
+
+mae-jax pretrain --config=configs/pretrain_fmnist.py --workdir=/tmp/mae_fmnist
+Arg: ``steps=N`` shortens the run (e.g. ``--config=configs/pretrain_fmnist.py:steps=60``).
+"""
+from mae_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, steps=2000, variant="tiny/4")
+  c = config_lib.pretrain_defaults(arg.variant)
+  c.model.norm_pix_loss = False   # plain pixels give visibly better 28x28 reconstructions
+  c.data.update(name="fashion_mnist", source="auto", split="train", eval_split="test",
+                image_size=28, channels=1, num_threads=0)
+  c.data.augment.rrc_scale = (0.35, 1.0)
+  c.batch_size = 256
+  c.num_train_steps = arg.steps
+  c.optim.update(base_lr=1.5e-3, warmup_steps=100, warmup_epochs=0, min_lr=1e-5)
+  c.checkpoint.update(every_steps=500, keep=2)
+  c.log_every_steps = 50
+  c.eval_every_steps = 500
+  c.probe.enabled = True
+  return c

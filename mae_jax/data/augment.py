@@ -1,0 +1,86 @@
+"""Per-image augmentations in NumPy/PIL, driven by a ``np.random.Generator``.
+
+RandomResizedCrop follows torchvision's sampling (10 tries at a random area in
+``scale`` and log-uniform aspect ratio in ``ratio``, then a centre-crop fallback)
+and resizes with bicubic interpolation, as the official MAE pretraining does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def rrc_box(rng: np.random.Generator, height: int, width: int,
+            scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """Crop box ``(top, left, h, w)`` as ``torchvision.transforms.RandomResizedCrop``."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
+  out = np.asarray(pil)
+  return out[..., None] if out.ndim == 2 else out[..., :channels]
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
+                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  top, left, h, w = rrc_box(rng, image.shape[0], image.shape[1], scale, ratio)
+  pil = _to_pil(image).resize((size, size), Image.BICUBIC,
+                              box=(left, top, left + w, top + h))
+  return _from_pil(pil, image.shape[-1])
+
+
+def center_crop(image: np.ndarray, size: int, crop_pct: float = 0.875) -> np.ndarray:
+  """Eval transform: identity at the right size, else resize shorter side + centre crop."""
+  h, w = image.shape[:2]
+  if (h, w) == (size, size):
+    return image
+  short = int(size / crop_pct)
+  scale = short / min(h, w)
+  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+  pil = _to_pil(image).resize((nw, nh), Image.BICUBIC)
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return _from_pil(pil.crop((left, top, left + size, top + size)), image.shape[-1])
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  if image.shape[-1] == channels:
+    return image
+  if image.shape[-1] == 1:
+    return np.repeat(image, channels, axis=-1)
+  raise ValueError(f"cannot turn {image.shape[-1]}-channel images into {channels} channels")
+
+
+def normalize(image: np.ndarray, mean, std) -> np.ndarray:
+  mean = np.asarray(mean, np.float32) * 255.0
+  std = np.asarray(std, np.float32) * 255.0
+  return (image.astype(np.float32) - mean) / std
+
+
+def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
+  """Inverse of ``normalize`` into [0, 1] floats (clipped)."""
+  out = np.asarray(image, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  return np.clip(out, 0.0, 1.0)

@@ -1,0 +1,161 @@
+"""Random-access image sources: IDX files (the embedded Fashion-MNIST) and TFDS.
+
+Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
+``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
+They feed the same grain pipeline (``mae_jax.data.pipeline``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+
+import numpy as np
+
+from mae_jax.errors import DataError
+
+# The Debian package `dataset-fashion-mnist` installs the IDX files here.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+# Per-channel statistics of the Fashion-MNIST training split.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+               0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally gzipped); a clear error for truncated data."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f"cannot read IDX file {path}: {e}. Reinstall the dataset "
+                    "(apt-get install --reinstall dataset-fashion-mnist).") from None
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    raise DataError(f"{path} is not an IDX file (bad magic number).")
+  ndim = data[3]
+  dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+  dtype = np.dtype(_IDX_DTYPES[data[2]])
+  expected = int(np.prod(dims)) * dtype.itemsize
+  payload = data[4 + 4 * ndim:]
+  if len(payload) != expected:
+    raise DataError(f"{path} is truncated or corrupt: header promises {expected} bytes "
+                    f"of data, file has {len(payload)}. Reinstall the dataset.")
+  return np.frombuffer(payload, dtype).reshape(dims)
+
+
+@dataclasses.dataclass
+class ArraySource:
+  """In-memory images [N, H, W, C] uint8 with integer labels."""
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  name: str = "arrays"
+
+  def __post_init__(self):
+    if self.images.ndim == 3:
+      self.images = self.images[..., None]
+    if len(self.images) != len(self.labels):
+      raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels.")
+
+  @property
+  def channels(self) -> int:
+    return self.images.shape[-1]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, index: int) -> dict:
+    return {"image": self.images[index], "label": int(self.labels[index])}
+
+
+def _find(idx_dir: str, stem: str) -> str:
+  for name in (stem + ".gz", stem):
+    path = os.path.join(idx_dir, name)
+    if os.path.exists(path):
+      return path
+  raise FileNotFoundError(os.path.join(idx_dir, stem))
+
+
+def fashion_mnist_idx(idx_dir: str, split: str) -> ArraySource:
+  prefix = {"train": "train", "test": "t10k"}.get(split)
+  if prefix is None:
+    raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
+  images = read_idx(_find(idx_dir, f"{prefix}-images-idx3-ubyte"))
+  labels = read_idx(_find(idx_dir, f"{prefix}-labels-idx1-ubyte"))
+  return ArraySource(images, labels.astype(np.int32), 10, FASHION_MNIST_MEAN,
+                     FASHION_MNIST_STD, name=f"fashion_mnist:{split}")
+
+
+class TfdsSource:
+  """``tfds.data_source`` (ArrayRecord) over any prepared TFDS dataset."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, download: bool):
+    import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
+    try:
+      builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+      if download and not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None,
+                                      download=False)
+      info = builder.info
+    except Exception as e:  # tfds raises many types; they all mean "not usable"
+      raise DataError(
+          f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
+          f"available: {str(e).splitlines()[0][:300]}. Prepare it with "
+          f"`tfds build {name} --file_format=array_record` (manual downloads such as "
+          "imagenet2012 need the archives in data_dir/downloads/manual).") from None
+    self.name = name
+    self.num_classes = info.features["label"].num_classes if "label" in info.features else 0
+    shape = info.features["image"].shape
+    self.channels = shape[-1] if shape[-1] else 3
+    if name == "fashion_mnist":
+      self.mean, self.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    elif self.channels == 3:
+      self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+      self.mean, self.std = (0.5,), (0.5,)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    record = self._source[index]
+    image = np.asarray(record["image"])
+    if image.ndim == 2:
+      image = image[..., None]
+    return {"image": image, "label": int(record.get("label", -1))}
+
+
+def open_source(data_config, split: str):
+  """The source named by ``config.data`` for one split, or a clear ``DataError``."""
+  name, kind = data_config.name, data_config.source
+  if kind not in ("auto", "idx", "tfds"):
+    raise DataError(f"data.source={kind!r} is unknown; choose auto, idx or tfds.")
+  if name == "fashion_mnist" and kind in ("auto", "idx"):
+    idx_dir = data_config.idx_dir or DEBIAN_FASHION_MNIST
+    try:
+      return fashion_mnist_idx(idx_dir, split)
+    except FileNotFoundError as e:
+      if kind == "idx":
+        raise DataError(
+            f"Fashion-MNIST IDX file {e.args[0]}(.gz) not found. Install it with "
+            "`apt-get install dataset-fashion-mnist` (Debian) or point "
+            "--config.data.idx_dir at a folder with the four IDX files.") from None
+      try:
+        return TfdsSource(name, split, data_config.data_dir, download=True)
+      except DataError as tfds_error:
+        raise DataError(
+            f"Fashion-MNIST not found: no IDX files in {idx_dir} (install the Debian "
+            "package with `apt-get install dataset-fashion-mnist`, or set "
+            f"--config.data.idx_dir) and the TFDS fallback failed: {tfds_error}") from None
+  if kind == "idx":
+    raise DataError(f"data.source=idx only knows fashion_mnist, not {name!r}.")
+  return TfdsSource(name, split, data_config.data_dir, download=data_config.download)

@@ -1,0 +1,1 @@
+"""Flax linen models: MAE, ViT blocks, masking, position tables, named sizes."""

@@ -1,0 +1,148 @@
+"""Masked Autoencoder (He et al., 2021) in Flax linen, following the official order:
+
+patch embed, + pos embed, mask, prepend cls (+ its zero pos embed), encoder blocks,
+norm; decoder embed, append mask tokens, unshuffle with ``ids_restore``, + decoder
+pos embed, decoder blocks, norm, pixel head, drop cls; MSE on removed patches.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mae_jax.models import masking
+from mae_jax.models.pos_embed import sincos_2d
+from mae_jax.models.vit import PatchEmbed, block_class, constrain, dense, layer_norm, token_init
+
+Dtype = Any
+
+
+def reconstruction_loss(images: jax.Array, pred: jax.Array, mask: jax.Array,
+                        patch_size: int, norm_pix_loss: bool) -> jax.Array:
+  """Mean over removed patches of the per-patch MSE (averaged over pixels).
+
+  With ``norm_pix_loss`` the target is each patch normalised by its own mean and
+  unbiased (ddof=1, as ``torch.var``) variance plus 1e-6.
+  """
+  target = patch_targets(images, patch_size, norm_pix_loss)
+  per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
+  return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool) -> jax.Array:
+  target = masking.patchify(images.astype(jnp.float32), patch_size)
+  if norm_pix_loss:
+    mean = target.mean(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=1)
+    target = (target - mean) / (var + 1.0e-6) ** 0.5
+  return target
+
+
+class MaskedAutoencoder(nn.Module):
+  patch_size: int = 16
+  in_chans: int = 3
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  decoder_embed_dim: int = 512
+  decoder_depth: int = 8
+  decoder_num_heads: int = 16
+  mlp_ratio: float = 4.0
+  norm_pix_loss: bool = False
+  mask_ratio: float = 0.75
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
+  remat: str = "none"
+
+  def setup(self):
+    block = block_class(self.remat)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
+              mlp_ratio=self.mlp_ratio)
+    self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
+                                  self.param_dtype)
+    self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
+                                self.param_dtype)
+    self.blocks = [block(self.num_heads, **kw, name=f"blocks_{i}")
+                   for i in range(self.depth)]
+    self.norm = layer_norm("norm", param_dtype=self.param_dtype)
+    self.decoder_embed = dense(self.decoder_embed_dim, "decoder_embed", ("embed", None),
+                               self.dtype, self.param_dtype)
+    self.mask_token = self.param("mask_token", token_init(), (1, 1, self.decoder_embed_dim),
+                                 self.param_dtype)
+    self.decoder_blocks = [block(self.decoder_num_heads, **kw, name=f"decoder_blocks_{i}")
+                           for i in range(self.decoder_depth)]
+    self.decoder_norm = layer_norm("decoder_norm", param_dtype=self.param_dtype)
+    self.decoder_pred = dense(self.patch_size ** 2 * self.in_chans, "decoder_pred",
+                              ("embed", "vocab"), self.dtype, self.param_dtype)
+
+  def _check_channels(self, images: jax.Array):
+    if images.shape[-1] != self.in_chans:
+      raise ValueError(f"model expects {self.in_chans}-channel NHWC images, got shape "
+                       f"{images.shape}")
+
+  def _grid(self, images: jax.Array) -> tuple[int, int]:
+    return masking.grid_size(images.shape[1:3], self.patch_size)
+
+  def encode(self, images: jax.Array, *, mask_ratio: float | None = None,
+             noise: jax.Array | None = None):
+    """Encoder on the visible patches: ``(latent [B, 1+K, D], mask, ids_restore)``.
+
+    ``mask_ratio=0`` with no noise encodes every patch in order (features for
+    probes and analysis).
+    """
+    grid = self._grid(images)
+    ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+    pos = jnp.asarray(sincos_2d(self.embed_dim, grid, cls_token=True))
+    x = self.patch_embed(images).astype(jnp.float32) + pos[None, 1:]
+    x = constrain(x, ("batch", "length", "act_embed"))
+    b, length, _ = x.shape
+    if ratio == 0.0 and noise is None:
+      mask = jnp.zeros((b, length), jnp.float32)
+      ids_restore = jnp.broadcast_to(jnp.arange(length), (b, length))
+    else:
+      rng = None if noise is not None else self.make_rng("masking")
+      x, mask, ids_restore = masking.random_masking(x, ratio, rng=rng, noise=noise)
+    cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
+    for blk in self.blocks:
+      x = blk(x, True)
+    return self.norm(x), mask, ids_restore
+
+  def decode(self, latent: jax.Array, ids_restore: jax.Array,
+             grid: tuple[int, int]) -> jax.Array:
+    """Pixel predictions ``[B, L, p*p*C]`` for every patch (cls dropped)."""
+    x = self.decoder_embed(latent).astype(jnp.float32)
+    b, length = ids_restore.shape
+    mask_tokens = jnp.broadcast_to(self.mask_token.astype(jnp.float32),
+                                   (b, length + 1 - x.shape[1], x.shape[-1]))
+    tokens = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+    tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)
+    x = jnp.concatenate([x[:, :1], tokens], axis=1)
+    x = x + jnp.asarray(sincos_2d(self.decoder_embed_dim, grid, cls_token=True))[None]
+    for blk in self.decoder_blocks:
+      x = blk(x, True)
+    x = self.decoder_norm(x)
+    pred = self.decoder_pred(x)
+    return pred[:, 1:].astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, *, train: bool = True,
+               noise: jax.Array | None = None):
+    """``(loss, pred [B, L, p*p*C], mask [B, L] with 1 = removed)``.
+
+    Masks with the ``"masking"`` RNG stream, or ranks patches by ``noise`` exactly
+    as the official code ranks ``torch.rand`` noise. ``train`` is accepted for API
+    parity; MAE pretraining has no dropout.
+    """
+    del train
+    latent, mask, ids_restore = self.encode(images, noise=noise)
+    self._check_channels(images)
+    pred = self.decode(latent, ids_restore, self._grid(images))
+    loss = reconstruction_loss(images, pred, mask, self.patch_size, self.norm_pix_loss)
+    return loss, pred, mask
+
+  def features(self, images: jax.Array) -> jax.Array:
+    """Encoder output on all patches, unmasked: ``[B, 1 + L, D]`` (cls first)."""
+    return self.encode(images, mask_ratio=0.0)[0]

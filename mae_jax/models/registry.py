@@ -1,0 +1,80 @@
+"""Named model sizes. A variant is ``SIZE/PATCH``: ``tiny/4``, ``S/16``, ``B/16``, ``L/16``, ``H/14``.
+
+Encoder sizes are the ViT paper's; every size but ``tiny`` uses the official MAE
+decoder (512 wide, 8 blocks, 16 heads). ``tiny`` is for CPU runs and tests.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mae_jax.errors import ConfigError
+
+SIZES = {
+    # name: (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_heads)
+    "tiny": (128, 4, 4, 64, 2, 4),
+    "S": (384, 12, 6, 512, 8, 16),
+    "B": (768, 12, 12, 512, 8, 16),
+    "L": (1024, 24, 16, 512, 8, 16),
+    "H": (1280, 32, 16, 512, 8, 16),
+}
+ALIASES = {"small": "S", "base": "B", "large": "L", "huge": "H", "Ti": "tiny"}
+PATCH_SIZES = (4, 7, 8, 14, 16)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def parse_variant(variant: str) -> tuple[str, int]:
+  """``"B/16"`` -> ``("B", 16)``; a clear error for anything else."""
+  try:
+    size, patch = variant.split("/")
+    size = ALIASES.get(size, size)
+    patch = int(patch)
+  except ValueError:
+    raise ConfigError(f"model variant {variant!r} is not of the form SIZE/PATCH, "
+                      f"e.g. B/16; sizes: {', '.join(SIZES)}.") from None
+  if size not in SIZES:
+    raise ConfigError(f"unknown model size {size!r} in variant {variant!r}; "
+                      f"choose one of {', '.join(SIZES)} (or {', '.join(ALIASES)}).")
+  if patch <= 0:
+    raise ConfigError(f"patch size must be positive in variant {variant!r}.")
+  return size, patch
+
+
+def variant_dims(variant: str) -> dict:
+  size, patch = parse_variant(variant)
+  d, depth, heads, dd, ddepth, dheads = SIZES[size]
+  return dict(name=variant, patch_size=patch, embed_dim=d, depth=depth, num_heads=heads,
+              decoder_embed_dim=dd, decoder_depth=ddepth, decoder_num_heads=dheads,
+              mlp_ratio=4.0)
+
+
+def dtype(name: str):
+  if name not in DTYPES:
+    raise ConfigError(f"dtype {name!r} is unknown; choose one of {', '.join(DTYPES)}.")
+  return DTYPES[name]
+
+
+def build_mae(config):
+  """``MaskedAutoencoder`` from a full config (``config.model`` + ``config.data``)."""
+  from mae_jax.models.mae import MaskedAutoencoder
+  from mae_jax.models import masking
+  m = config.model
+  masking.grid_size((config.data.image_size, config.data.image_size), m.patch_size)
+  masking.num_visible((config.data.image_size // m.patch_size) ** 2, m.mask_ratio)
+  if m.mask_ratio == 0.0:
+    raise ConfigError("model.mask_ratio must be in (0, 1) for pretraining; MAE uses 0.75.")
+  for width, heads, what in ((m.embed_dim, m.num_heads, ""),
+                             (m.decoder_embed_dim, m.decoder_num_heads, "decoder_")):
+    if width % heads:
+      raise ConfigError(f"model.{what}embed_dim={width} is not divisible by "
+                        f"model.{what}num_heads={heads}.")
+    if width % 4:
+      raise ConfigError(f"model.{what}embed_dim={width} must be divisible by 4 for the "
+                        "2-D sin-cos position embedding.")
+  return MaskedAutoencoder(
+      patch_size=m.patch_size, in_chans=config.data.channels, embed_dim=m.embed_dim,
+      depth=m.depth, num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim,
+      decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,
+      mlp_ratio=m.mlp_ratio, norm_pix_loss=m.norm_pix_loss, mask_ratio=m.mask_ratio,
+      dtype=dtype(m.dtype), param_dtype=dtype(m.param_dtype), attention=m.attention,
+      remat=m.remat)

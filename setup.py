@@ -1,0 +1,23 @@
+"""mae_jax: Masked Autoencoders in JAX/Flax. Pinned versions for CI: constraints.txt."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mae_jax",
+    version="0.1.0",
+    description="Masked Autoencoders (MAE) in JAX/Flax: pretraining from one CPU to a "
+                "TPU pod, PyTorch interop, downstream evaluation and analysis tools.",
+    packages=find_packages(include=["mae_jax", "mae_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10", "flax>=0.12", "optax>=0.2.5", "orbax-checkpoint>=0.11",
+        "tensorflow-cpu>=2.18", "tensorflow-datasets>=4.9.8", "grain>=0.2.12",
+        "ml_collections>=1.0", "absl-py", "numpy", "pillow", "tensorboardX",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout"],
+        "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+    entry_points={"console_scripts": ["mae-jax=mae_jax.cli:main"]},
+)
