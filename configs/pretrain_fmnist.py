@@ -7,17 +7,19 @@ from mae_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, steps=2000, variant="tiny/4")
+  arg = config_lib.parse_arg(arg, steps=1200, variant="tiny/4")
   c = config_lib.pretrain_defaults(arg.variant)
   c.model.norm_pix_loss = False   # plain pixels give visibly better 28x28 reconstructions
   c.data.update(name="fashion_mnist", source="auto", split="train", eval_split="test",
                 image_size=28, channels=1, num_threads=0)
   c.data.augment.rrc_scale = (0.35, 1.0)
-  c.batch_size = 256
+  c.batch_size = 128
   c.num_train_steps = arg.steps
-  c.optim.update(base_lr=1.5e-3, warmup_steps=100, warmup_epochs=0, min_lr=1e-5)
-  c.checkpoint.update(every_steps=500, keep=2)
+  c.optim.update(base_lr=1.5e-3, warmup_epochs=0, min_lr=1e-5)
+  # Warmup is 5% of the run, also when --config.num_train_steps is overridden.
+  c.optim.warmup_steps = c.get_ref("num_train_steps") // 20
+  c.checkpoint.update(every_steps=400, keep=2)
   c.log_every_steps = 50
-  c.eval_every_steps = 500
+  c.eval_every_steps = 400
   c.probe.enabled = True
   return c

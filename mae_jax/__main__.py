@@ -1,0 +1,3 @@
+from mae_jax.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per ``mae-jax`` command: absl flags + ``main(argv)``."""

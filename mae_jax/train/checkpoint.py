@@ -1,0 +1,198 @@
+"""Checkpoints (Orbax): train state + data-iterator state + config, and ``load``.
+
+One ``CheckpointManager`` per workdir, under ``W/checkpoints/<step>``: async saves
+every ``checkpoint.every_steps`` and on demand (end of run, preemption), the last
+``checkpoint.keep`` kept. Orbax writes to a temporary directory and renames it
+when complete, so a crash mid-save never damages the last good checkpoint.
+Every saved leaf is a global ``jax.Array`` or a scalar; restoring onto another
+mesh reshards (the abstract state carries the target shardings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from mae_jax.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _grain_handler():
+  import grain  # the data layer's package; only needed when the iterator is saved
+  return grain.checkpoint.CheckpointHandler()
+
+
+def _absolute(path: epath.Path) -> epath.Path:
+  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
+
+
+class Checkpointer:
+  """Thin wrapper over ``ocp.CheckpointManager`` with the items of a run."""
+
+  def __init__(self, workdir: str, every_steps: int = 1000, keep: int = 3,
+               async_save: bool = True, with_data: bool = True):
+    self.directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
+    if keep < 1:
+      raise CheckpointError(f"checkpoint.keep={keep} must be >= 1.")
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(every_steps)), max_to_keep=int(keep),
+        enable_async_checkpointing=bool(async_save), create=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    if with_data:
+      handlers["data"] = _grain_handler()
+    self.with_data = with_data
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=handlers)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, config_dict: dict, data_iterator=None,
+           force: bool = False) -> bool:
+    items = {"state": ocp.args.StandardSave(state),
+             "config": ocp.args.JsonSave(config_dict)}
+    if data_iterator is not None and self.with_data:
+      import grain
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """State at ``step`` laid out as ``abstract_state``; the iterator is restored in place."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    step_dir = self.directory / str(step)
+    if data_iterator is not None and self.with_data and (step_dir / "data").exists():
+      import grain
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged step
+      others = [s for s in self.all_steps() if s != step]
+      hint = (f"delete {step_dir} to resume from step {max(others)}" if others
+              else "start a new workdir")
+      raise CheckpointError(
+          f"checkpoint {step_dir} cannot be read ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is truncated, corrupt or "
+          f"from another model. {hint[0].upper() + hint[1:]}.") from None
+    return restored["state"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+# --------------------------------------------------------------------- workdirs
+
+
+def save_config(workdir: str, config) -> None:
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def read_config(workdir: str):
+  import ml_collections
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a mae_jax workdir "
+                          "(run `mae-jax pretrain` or `mae-jax import` to make one).")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A model ready for use: ``model.apply({"params": params}, images, ...)``."""
+  model: Any
+  params: Any
+  config: Any
+  step: int
+  workdir: str
+
+
+def _resolve(path: str) -> tuple[str, int | None]:
+  """Workdir and step from a workdir or a ``W/checkpoints/<step>`` directory."""
+  p = epath.Path(path)
+  if not p.exists():
+    raise CheckpointError(f"{path} does not exist.")
+  if p.name.isdigit() and p.parent.name == CHECKPOINT_DIR:
+    return str(p.parent.parent), int(p.name)
+  return str(p), None
+
+
+def abstract_train_state(config, model, mesh=None, seed: int = 0):
+  """(abstract state with shardings, the optimizer) for ``config`` on ``mesh``."""
+  from mae_jax.parallel import mesh as mesh_lib
+  from mae_jax.parallel import sharding as sharding_lib
+  from mae_jax.train import optim, step as step_lib
+  tx = optim.adamw(config.optim, lambda count: 0.0)  # the structure needs no schedule
+  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+  _, boxed = step_lib.abstract_state(model, tx, shape, seed)
+  if mesh is None:
+    mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, model=1), devices=jax.devices()[:1])
+  shardings = sharding_lib.shardings_of(boxed, mesh)
+  import flax.linen as nn
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return abstract, tx
+
+
+def load(path: str, step: int | None = None) -> Loaded:
+  """Loads the latest (or given) checkpoint of a workdir onto one device."""
+  from mae_jax.models import registry
+  workdir, path_step = _resolve(path)
+  step = step if step is not None else path_step
+  config = read_config(workdir)
+  model = registry.build_mae(config)
+  ckpt = Checkpointer(workdir, with_data=False, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"{workdir} has no finished checkpoint under {CHECKPOINT_DIR}/.")
+    abstract, _ = abstract_train_state(config, model)
+    state = ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+  return Loaded(model=model, params=state.params, config=config, step=int(step),
+                workdir=workdir)
+
+
+def write_workdir(workdir: str, config, params, step: int = 0) -> None:
+  """A workdir holding ``params`` (e.g. imported or freshly initialised) at ``step``.
+
+  The optimizer state is fresh; ``mae-jax pretrain`` on this workdir continues from
+  ``step``, and ``load``/``finetune``/``linprobe``/``analyze`` accept it.
+  """
+  import jax.numpy as jnp
+  from mae_jax.models import registry
+  from mae_jax.train.state import TrainState
+  model = registry.build_mae(config)
+  abstract, tx = abstract_train_state(config, model)
+  params = jax.tree.map(lambda a, p: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
+                        abstract.params, params)
+  state = TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                     opt_state=tx.init(params))
+  save_config(workdir, config)
+  ckpt = Checkpointer(workdir, with_data=False, async_save=False)
+  try:
+    ckpt.save(step, state, config.to_dict(), force=True)
+  finally:
+    ckpt.close()
+  logging.info("wrote %s (step %d)", workdir, step)

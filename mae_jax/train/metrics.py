@@ -1,0 +1,83 @@
+"""Metrics out of a run: ``W/metrics.jsonl``, TensorBoard, and a progress line.
+
+Only process 0 writes (``enabled=False`` elsewhere).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._workdir = workdir
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+
+  def _tensorboard(self):
+    if self._tb is None:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(self._workdir, "tensorboard"))
+    return self._tb
+
+  def scalars(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: float(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+    tb = self._tensorboard()
+    for k, v in metrics.items():
+      tb.add_scalar(k, float(v), int(step))
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """``image``: uint8 [H, W, C]."""
+    if self.enabled:
+      self._tensorboard().add_image(tag, image, int(step), dataformats="HWC")
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+class Progress:
+  """A progress bar with img/s and ETA on a terminal; plain lines otherwise."""
+
+  def __init__(self, total_steps: int, start_step: int, enabled: bool = True,
+               stream=sys.stdout):
+    self.total = total_steps
+    self.start = start_step
+    self.enabled = enabled
+    self.stream = stream
+    self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+    self.t0 = time.time()
+
+  def update(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    done = step - self.start
+    elapsed = time.time() - self.t0
+    rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+    eta = (self.total - step) / rate if rate > 0 and not math.isnan(rate) else float("nan")
+    eta_s = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+    fields = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    if self.tty:
+      width = 24
+      filled = int(width * step / max(self.total, 1))
+      bar = "#" * filled + "." * (width - filled)
+      self.stream.write(f"\r[{bar}] {step}/{self.total} {fields} eta {eta_s}  ")
+      if step >= self.total:
+        self.stream.write("\n")
+    else:
+      self.stream.write(f"step {step}/{self.total} {fields} eta {eta_s}\n")
+    self.stream.flush()

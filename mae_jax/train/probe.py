@@ -1,0 +1,64 @@
+"""A quick linear probe for the demo: multinomial logistic regression on frozen,
+mean-pooled encoder features (full batch, AdamW, standardised features).
+
+The official recipe (BatchNorm + LARS, cls token) lives in ``train/linprobe.py``;
+this one is a fast yardstick to compare an MAE encoder with a random one.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def encoder_features(model, params, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+  """Mean of the encoder's patch tokens (after its final norm), ``[N, D]``."""
+  @jax.jit
+  def features(x):
+    tokens = model.apply({"params": params}, x, method=model.features)
+    return tokens[:, 1:].mean(axis=1)
+  out = [np.asarray(features(jnp.asarray(images[i:i + batch_size])))
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def _fit(x, y, *, num_classes: int, steps: int, lr: float, weight_decay: float):
+  params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
+
+  def loss_fn(p):
+    logits = x @ p["w"] + p["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def body(_, carry):
+    p, s = carry
+    grads = jax.grad(loss_fn)(p)
+    updates, s = tx.update(grads, s, p)
+    return optax.apply_updates(p, updates), s
+
+  params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
+  return params
+
+
+def logistic_regression_top1(train_x, train_y, test_x, test_y, num_classes: int,
+                             steps: int = 300, lr: float = 0.1,
+                             weight_decay: float = 1e-4) -> float:
+  mu, sigma = train_x.mean(0), train_x.std(0) + 1e-6
+  standardise = lambda a: jnp.asarray((a - mu) / sigma, jnp.float32)
+  p = _fit(standardise(train_x), jnp.asarray(train_y), num_classes=num_classes,
+           steps=steps, lr=lr, weight_decay=weight_decay)
+  pred = np.asarray(jnp.argmax(standardise(test_x) @ p["w"] + p["b"], -1))
+  return float((pred == np.asarray(test_y)).mean())
+
+
+def probe_top1(model, params, train, test, num_classes: int, probe_config) -> float:
+  """Top-1 of a logistic-regression probe; ``train``/``test`` are (images, labels)."""
+  fx = encoder_features(model, params, train[0])
+  tx = encoder_features(model, params, test[0])
+  return logistic_regression_top1(fx, train[1], tx, test[1], num_classes,
+                                  steps=probe_config.steps, lr=probe_config.lr,
+                                  weight_decay=probe_config.weight_decay)

@@ -1,0 +1,72 @@
+"""Reconstruction grids: original | masked input | reconstruction | reconstruction
+with the visible patches pasted back. ``mae-jax visualize`` writes one as PNG.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from mae_jax.data.augment import denormalize
+from mae_jax.models import masking
+
+
+def unnormalize_prediction(images: np.ndarray, pred: np.ndarray, patch_size: int,
+                           norm_pix_loss: bool) -> np.ndarray:
+  """Predicted patches back in the images' (normalised) pixel space.
+
+  With ``norm_pix_loss`` the model predicts each patch normalised by its own
+  statistics; the official visualisation re-applies the mean and (unbiased)
+  variance of the true patch, which is what this does.
+  """
+  if not norm_pix_loss:
+    return pred
+  target = np.asarray(masking.patchify(images, patch_size))
+  mean = target.mean(-1, keepdims=True)
+  var = target.var(-1, keepdims=True, ddof=1)
+  return pred * np.sqrt(var + 1e-6) + mean
+
+
+def reconstruction_rows(images: np.ndarray, pred: np.ndarray, mask: np.ndarray,
+                        patch_size: int, norm_pix_loss: bool, mean, std) -> np.ndarray:
+  """[B, 4, H, W, C] in [0, 1]: original, masked, reconstruction, pasted."""
+  images = np.asarray(images, np.float32)
+  pred = unnormalize_prediction(images, np.asarray(pred, np.float32), patch_size,
+                                norm_pix_loss)
+  grid = masking.grid_size(images.shape[1:3], patch_size)
+  channels = images.shape[-1]
+  recon = np.asarray(masking.unpatchify(pred, patch_size, grid, channels))
+  pixel_mask = np.asarray(masking.unpatchify(
+      np.repeat(np.asarray(mask, np.float32)[..., None], patch_size ** 2 * channels, -1),
+      patch_size, grid, channels))
+  show = lambda x: denormalize(x, mean, std)
+  masked = show(images) * (1 - pixel_mask) + 0.5 * pixel_mask
+  pasted = show(images) * (1 - pixel_mask) + show(recon) * pixel_mask
+  return np.stack([show(images), masked, show(recon), pasted], axis=1)
+
+
+def grid_image(rows: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
+  """[B, K, H, W, C] floats in [0, 1] -> one uint8 RGB image, a row per example."""
+  b, k, h, w, c = rows.shape
+  tiles = np.ones((b * (h + pad) + pad, k * (w + pad) + pad, 3), np.float32)
+  for i in range(b):
+    for j in range(k):
+      tile = rows[i, j]
+      tile = np.repeat(tile, 3, -1) if c == 1 else tile[..., :3]
+      y, x = pad + i * (h + pad), pad + j * (w + pad)
+      tiles[y:y + h, x:x + w] = tile
+  out = (tiles * 255).round().astype(np.uint8)
+  if scale > 1:
+    out = np.repeat(np.repeat(out, scale, 0), scale, 1)
+  return out
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  from etils import epath
+  p = epath.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  with p.open("wb") as f:
+    Image.fromarray(image).save(f, format="PNG")
+
+
+def default_scale(height: int) -> int:
+  return max(1, 112 // height)

@@ -1,0 +1,65 @@
+"""Tests run on the CPU with tiny models; multi-device tests start subprocesses."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+  """``get_config(arg)`` of ``configs/<name>.py``."""
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_overrides(config, steps: int = 8, batch: int = 32):
+  """Shrinks a Fashion-MNIST config to seconds on a CPU."""
+  config.model.update(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
+                      decoder_depth=1, decoder_num_heads=2, patch_size=7)
+  config.batch_size = batch
+  config.num_train_steps = steps
+  config.log_every_steps = 1
+  config.eval_every_steps = 0
+  config.num_recon_images = 4
+  config.checkpoint.update(every_steps=4, keep=3, async_save=False)
+  config.probe.enabled = False
+  return config
+
+
+TINY_FLAGS = [
+    "--config.model.embed_dim=32", "--config.model.depth=1", "--config.model.num_heads=2",
+    "--config.model.decoder_embed_dim=32", "--config.model.decoder_depth=1",
+    "--config.model.decoder_num_heads=2", "--config.model.patch_size=7",
+    "--config.batch_size=32", "--config.log_every_steps=1", "--config.eval_every_steps=0",
+    "--config.num_recon_images=4", "--config.probe.enabled=False",
+]
+
+
+def run_cli(*args, env=None, timeout=300, check=False):
+  """Runs ``python -m mae_jax ARGS`` and returns the CompletedProcess."""
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  proc = subprocess.run([sys.executable, "-m", "mae_jax", *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"mae-jax {' '.join(args)} failed ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def fmnist_available():
+  from mae_jax.data.sources import DEBIAN_FASHION_MNIST
+  if not os.path.isdir(DEBIAN_FASHION_MNIST):
+    raise RuntimeError(f"{DEBIAN_FASHION_MNIST} is missing: run `make dataset` "
+                       "(apt-get install dataset-fashion-mnist) before the tests.")
+  return DEBIAN_FASHION_MNIST
