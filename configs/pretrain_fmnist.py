@@ -21,5 +21,5 @@ def get_config(arg=None):
   c.checkpoint.update(every_steps=400, keep=2)
   c.log_every_steps = 50
   c.eval_every_steps = 400
-  c.probe.enabled = True
+  c.probe.update(enabled=True, max_train=10000, max_test=10000)
   return c

@@ -3,7 +3,10 @@
 __version__ = "0.1.0"
 
 
-def load(path):
-  """Loads a workdir or checkpoint: an object with ``.model``, ``.params``, ``.config``."""
+def load(path, step=None):
+  """Loads a workdir (latest or given ``step``) or a ``W/checkpoints/<step>`` directory.
+
+  Returns an object with ``.model``, ``.params``, ``.config``, ``.step``.
+  """
   from mae_jax.train.checkpoint import load as _load
-  return _load(path)
+  return _load(path, step)

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
   module = importlib.import_module(f"mae_jax.commands.{module_name}")
   from absl import app
   from mae_jax.commands import common
-  app.run(common.guarded(module.main), argv=[f"mae-jax {command}"] + argv[2:])
+  app.run(common.guarded(module.main), argv=[f"mae-jax {command}"] + argv[2:],
+          flags_parser=common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

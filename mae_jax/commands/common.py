@@ -16,6 +16,40 @@ COORDINATOR = flags.DEFINE_string(
     "on TPU VMs or under SLURM, where the environment says it.")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a local run.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a local run.")
+DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout_s", 300.0,
+    "Seconds to wait for all processes of a multi-host run to join before failing with "
+    "a clear error.")
+
+
+def _last_error_line(text: str) -> str:
+  """The final ``SomeError: message`` line of a message that embeds a traceback."""
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  for line in reversed(lines):
+    if "Error: " in line and not line.startswith("flag --"):
+      return line.split("Error: ", 1)[1]
+  return lines[0] if lines else text
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """Parses flags (and config files/overrides); bad ones become one ``error:`` line.
+
+  ``config_flags`` embeds the config file's traceback in its message and raises a
+  bare ``KeyError`` for a misspelt ``--config.KEY``; neither helps a user.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_last_error_line(str(e))}", file=sys.stderr)
+    sys.exit(2)
+  except (KeyError, AttributeError) as e:
+    text = str(e.args[0] if e.args else e).replace("\n", " ")
+    print(f"error: unknown config key {text}; `mae-jax COMMAND --helpfull` lists the flags, "
+          "the config file lists its keys.", file=sys.stderr)
+    sys.exit(2)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def guarded(main):
@@ -33,7 +67,8 @@ def guarded(main):
 def init_distributed():
   """``jax.distributed.initialize`` from the flags or the environment (idempotent)."""
   from mae_jax.parallel import distributed
-  distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+  distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                         timeout_s=DISTRIBUTED_TIMEOUT.value)
 
 
 def setup_logging():
