@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.model.update(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32,
                    decoder_depth=1, decoder_num_heads=2)
     c.data.update(name="fashion_mnist", source="auto", image_size=32, channels=3,
+                  eval_split="test",
                   num_threads=0)
     c.model.patch_size = 16
     c.batch_size = 8

@@ -184,3 +184,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fmnist_a
   loaded = mae_jax.load(str(tmp_path), step=max(steps))
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(loaded.params))
+
+
+@pytest.mark.parametrize("variant", ["B/16", "H/14"])
+def test_imagenet_config_runs_locally(tmp_path, fmnist_available, variant):
+  """The ImageNet recipe's own file, shrunk by `runlocal`, trains one step on a CPU."""
+  from mae_jax.train import pretrain
+  config = load_config("pretrain_imagenet", f"variant={variant},runlocal")
+  full = load_config("pretrain_imagenet", f"variant={variant}")
+  assert (full.batch_size, full.optim.base_lr, full.optim.warmup_epochs) == (4096, 1.5e-4, 40)
+  assert full.model.norm_pix_loss and full.model.mask_ratio == 0.75
+  results = pretrain.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 1 and np.isfinite(results["recon_loss"])
