@@ -1,0 +1,146 @@
+"""Hugging Face ``ViTMAEForPreTraining``: a directory with ``config.json`` and
+``model.safetensors`` (the Hub key names, as ``facebook/vit-mae-base``)::
+
+    model = transformers.ViTMAEForPreTraining.from_pretrained(DIR)
+
+``config.json`` sets ``layer_norm_eps=1e-6`` (MAE's value; ``ViTMAEConfig``
+defaults to 1e-12, and the Hub configs of the released models say 1e-12 too),
+``hidden_act="gelu"`` (exact erf GELU) and ``qkv_bias=True``. Writing needs only
+the ``safetensors`` package, not torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from mae_jax.errors import CheckpointError
+from mae_jax.export import official
+
+CONFIG = "config.json"
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def metadata(config) -> dict:
+  m = config.model
+  return {
+      "architectures": ["ViTMAEForPreTraining"],
+      "model_type": "vit_mae",
+      "hidden_size": int(m.embed_dim),
+      "num_hidden_layers": int(m.depth),
+      "num_attention_heads": int(m.num_heads),
+      "intermediate_size": int(m.embed_dim * m.mlp_ratio),
+      "hidden_act": "gelu",
+      "hidden_dropout_prob": 0.0,
+      "attention_probs_dropout_prob": 0.0,
+      "initializer_range": 0.02,
+      "layer_norm_eps": 1e-6,
+      "image_size": int(config.data.image_size),
+      "patch_size": int(m.patch_size),
+      "num_channels": int(config.data.channels),
+      "qkv_bias": True,
+      "decoder_num_attention_heads": int(m.decoder_num_heads),
+      "decoder_hidden_size": int(m.decoder_embed_dim),
+      "decoder_num_hidden_layers": int(m.decoder_depth),
+      "decoder_intermediate_size": int(m.decoder_embed_dim * m.mlp_ratio),
+      "mask_ratio": float(m.mask_ratio),
+      "norm_pix_loss": bool(m.norm_pix_loss),
+  }
+
+
+def _square(value, what: str) -> int:
+  if isinstance(value, (list, tuple)):
+    if len(set(value)) != 1:
+      raise CheckpointError(f"config.json {what}={list(value)} is not square; mae_jax "
+                            "models use square images and patches.")
+    value = value[0]
+  return int(value)
+
+
+def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
+  """Architecture dict (official names) from a ``ViTMAEConfig`` JSON."""
+  notices = []
+  if meta.get("model_type", "vit_mae") != "vit_mae":
+    raise CheckpointError(f"config.json has model_type={meta.get('model_type')!r}, not "
+                          "'vit_mae'.")
+  if not meta.get("qkv_bias", True):
+    raise CheckpointError("config.json has qkv_bias=false; MAE's attention has a qkv bias.")
+  act = meta.get("hidden_act", "gelu")
+  if act != "gelu":
+    raise CheckpointError(f"config.json has hidden_act={act!r}; MAE uses the exact 'gelu'.")
+  eps = meta.get("layer_norm_eps", 1e-12)
+  if abs(float(eps) - 1e-6) > 1e-12:
+    notices.append(f"config.json says layer_norm_eps={eps}; MAE weights are trained with "
+                   "1e-6, which mae_jax uses.")
+  arch = {}
+  pairs = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"),
+           ("num_attention_heads", "num_heads"), ("num_channels", "in_chans"),
+           ("decoder_hidden_size", "decoder_embed_dim"),
+           ("decoder_num_hidden_layers", "decoder_depth"),
+           ("decoder_num_attention_heads", "decoder_num_heads"),
+           ("mask_ratio", "mask_ratio"), ("norm_pix_loss", "norm_pix_loss"))
+  for theirs, ours in pairs:
+    if theirs in meta:
+      arch[ours] = meta[theirs]
+  if "image_size" in meta:
+    arch["img_size"] = _square(meta["image_size"], "image_size")
+  if "patch_size" in meta:
+    arch["patch_size"] = _square(meta["patch_size"], "patch_size")
+  if "intermediate_size" in meta and "hidden_size" in meta:
+    arch["mlp_ratio"] = meta["intermediate_size"] / meta["hidden_size"]
+    if "decoder_intermediate_size" in meta and "decoder_hidden_size" in meta:
+      ratio = meta["decoder_intermediate_size"] / meta["decoder_hidden_size"]
+      if abs(ratio - arch["mlp_ratio"]) > 1e-9:
+        raise CheckpointError(
+            f"config.json has MLP ratio {arch['mlp_ratio']:g} in the encoder and {ratio:g} in "
+            "the decoder; mae_jax models share one mlp_ratio.")
+  return arch, notices
+
+
+def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
+  if os.path.isfile(out):
+    raise CheckpointError(f"{out} is a file; --format=hf writes a directory.")
+  os.makedirs(out, exist_ok=True)
+  weights = os.path.join(out, WEIGHTS[0])
+  official.save_safetensors(state_dict, weights)
+  config = os.path.join(out, CONFIG)
+  official.write_json(meta, config)
+  return [config, weights]
+
+
+def read(path: str) -> tuple[dict, dict | None, list[str]]:
+  """A ``from_pretrained`` directory, or a weights file (``config.json`` beside it)."""
+  if os.path.isdir(path):
+    directory, files = path, None
+    for name in INDEX:
+      index = os.path.join(path, name)
+      if os.path.isfile(index):
+        with open(index) as f:
+          files = sorted(set(json.load(f)["weight_map"].values()))
+        break
+    if files is None:
+      files = [name for name in WEIGHTS if os.path.isfile(os.path.join(path, name))][:1]
+    if not files:
+      raise CheckpointError(f"{path} has none of {', '.join(WEIGHTS + INDEX)}; not a Hugging "
+                            "Face model directory.")
+    paths = [os.path.join(path, name) for name in files]
+  else:
+    directory, paths = os.path.dirname(path), [path]
+  sd, notices = {}, []
+  for p in paths:
+    part, note = official.unwrap(official.load_tensors(p), p)
+    sd.update(part)
+    if note:
+      notices.append(note)
+  meta = None
+  config = os.path.join(directory or ".", CONFIG)
+  if os.path.isfile(config):
+    try:
+      with open(config) as f:
+        meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise CheckpointError(f"{config} cannot be read as JSON ({e}).") from None
+  return sd, meta, notices
