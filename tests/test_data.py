@@ -53,6 +53,11 @@ def test_processes_read_disjoint_halves(fmnist_available):
   a, b = ds0[0]["image"], ds1[0]["image"]
   assert a.shape == (4, 28, 28, 1)
   assert not any(np.array_equal(x, y) for x in a for y in b)
+  # the halves are the global batch of a single process: independent of the split
+  whole, _ = pipeline.train_dataset(config.data, global_batch=8, seed=0)
+  np.testing.assert_array_equal(np.concatenate([a, b]), whole[0]["image"])
+  rows, _ = pipeline.train_dataset(config.data, global_batch=8, seed=0, rows=(1, 6))
+  np.testing.assert_array_equal(rows[1]["image"], whole[1]["image"][[1, 6]])
 
 
 def test_rrc_box_follows_torchvision_bounds():

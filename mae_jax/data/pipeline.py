@@ -7,8 +7,14 @@ handler), and a resumed run reads exactly the batches an uninterrupted run
 would have. tf.data's shuffle buffer and parallel map are neither. The measured
 cost on Fashion-MNIST is given in ``benchmarks/input_pipeline.py``.
 
-Each process reads ``source[process_index::process_count]`` and the training loop
-assembles the global batch with ``jax.make_array_from_process_local_data``.
+The global batch does not depend on the number of processes: global batch ``k``
+is elements ``[k*B, (k+1)*B)`` of one shuffled, augmented stream over the whole
+dataset, and each process reads (and augments) only the rows of it that its
+devices hold (``rows``; by default the contiguous block ``process_index`` of
+``process_count``). The training loop assembles the global batch with
+``jax.make_array_from_process_local_data``. So one process with 8 devices and
+two processes with 4 each train on the same images, and the iterator state (the
+number of global batches read) means the same in both.
 """
 from __future__ import annotations
 
@@ -90,11 +96,55 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
+def process_rows(global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple[int, ...]:
+  """Rows of each global batch read by a process: its contiguous block."""
+  per_process = local_batch_size(global_batch, process_count)
+  return tuple(range(process_index * per_process, (process_index + 1) * per_process))
+
+
+class _GlobalBatchRows(grain.MapDataset):
+  """Element ``i`` is row ``rows[i % len(rows)]`` of global batch ``i // len(rows)``.
+
+  The parent is the global element stream; only the selected rows are read and
+  transformed.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, rows):
+    super().__init__(parent)
+    self._global_batch = int(global_batch)
+    self._rows = tuple(int(r) for r in rows)
+    self._length = (len(parent) // self._global_batch) * len(self._rows)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    batch, row = divmod(index, len(self._rows))
+    return batch * self._global_batch + self._rows[row]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems([self._parent_index(i) for i in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f"GlobalBatchRows(global_batch={self._global_batch}, rows={len(self._rows)})"
+
+
 def train_dataset(data_config, *, global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, split: str | None = None):
+                  process_count: int = 1, split: str | None = None, rows=None):
   """Infinite, shuffled (reshuffled per epoch), augmented, batched ``MapDataset``.
 
-  Returns ``(dataset, source)``; ``dataset[k]`` is this process's part of batch ``k``.
+  Returns ``(dataset, source)``; ``dataset[k]`` is this process's part of global
+  batch ``k``: the rows ``rows`` (ascending indices into the global batch, e.g. from
+  ``mae_jax.parallel.sharding.process_batch_rows``), by default
+  ``process_rows(global_batch, process_index, process_count)``.
   """
   source = open_source(data_config, split or data_config.split)
   _check_channels(source, data_config.channels)
@@ -104,22 +154,28 @@ def train_dataset(data_config, *, global_batch: int, seed: int, process_index: i
       _train_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
       ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
       mean=mean, std=std)
-  per_process = local_batch_size(global_batch, process_count)
+  if rows is None:
+    rows = process_rows(global_batch, process_index, process_count)
+  rows = tuple(int(r) for r in rows)
+  if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= global_batch:
+    raise ConfigError(f"rows must be distinct ascending indices in [0, {global_batch}), "
+                      f"got {len(rows)} rows from {rows[:1]} to {rows[-1:]}.")
   ds = grain.MapDataset.source(_Indexed(source))
-  ds = ds.slice(slice(process_index, None, process_count))
-  if len(ds) < per_process:
-    raise DataError(f"{source.name} has {len(ds)} examples per process, fewer than one "
-                    f"batch of {per_process}.")
-  ds = ds.seed(seed).shuffle().repeat().random_map(transform)
-  ds = ds.batch(per_process, drop_remainder=True, batch_fn=_stack)
+  if len(ds) < global_batch:
+    raise DataError(f"{source.name} has {len(ds)} examples, fewer than one batch of "
+                    f"{global_batch}.")
+  ds = ds.seed(seed).shuffle().repeat().random_map(transform)  # the global stream
+  ds = _GlobalBatchRows(ds, global_batch, rows)
+  ds = ds.batch(len(rows), drop_remainder=True, batch_fn=_stack)
   return ds, source
 
 
 def train_iterator(data_config, *, global_batch: int, seed: int, process_index: int = 0,
-                   process_count: int = 1):
+                   process_count: int = 1, rows=None):
   """A checkpointable iterator (``get_state``/``set_state``) over ``train_dataset``."""
   ds, _ = train_dataset(data_config, global_batch=global_batch, seed=seed,
-                        process_index=process_index, process_count=process_count)
+                        process_index=process_index, process_count=process_count,
+                        rows=rows)
   threads = max(0, int(data_config.num_threads))
   options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))
   return iter(ds.to_iter_dataset(options))

@@ -73,9 +73,15 @@ class Checkpointer:
     """State at ``step`` laid out as ``abstract_state``; the iterator is restored in place."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     step_dir = self.directory / str(step)
+    data_state = None
     if data_iterator is not None and self.with_data and (step_dir / "data").exists():
-      import grain
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      own = step_dir / "data" / (f"process_{jax.process_index()}-of-"
+                                 f"{jax.process_count()}.json")
+      if own.exists():
+        import grain
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      else:  # saved by a run with another number of processes
+        data_state = _shared_data_state(step_dir / "data")
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore raise many types for a damaged step
@@ -86,6 +92,8 @@ class Checkpointer:
           f"checkpoint {step_dir} cannot be read ({type(e).__name__}: "
           f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is truncated, corrupt or "
           f"from another model. {hint[0].upper() + hint[1:]}.") from None
+    if data_state is not None:
+      data_iterator.set_state(data_state)
     return restored["state"]
 
   def wait(self):
@@ -94,6 +102,23 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shared_data_state(data_dir: epath.Path) -> dict:
+  """The data-iterator state of a run saved with a different number of processes.
+
+  Every process's iterator counts global batches (``mae_jax.data.pipeline``), so
+  the per-process files agree and any of them positions this run's iterator.
+  """
+  files = sorted(data_dir.glob("process_*-of-*.json"))
+  states = [json.loads(f.read_text()) for f in files]
+  if not states or any(s != states[0] for s in states[1:]):
+    found = f"{len(files)} files that disagree" if files else "no files"
+    raise CheckpointError(
+        f"{data_dir} holds no usable data-iterator state for {jax.process_count()} "
+        f"process(es) ({found}). Resume with the number of processes that saved it.")
+  logging.info("data-iterator state from a run with %d process(es)", len(files))
+  return states[0]
 
 
 # --------------------------------------------------------------------- workdirs

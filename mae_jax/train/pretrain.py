@@ -87,9 +87,9 @@ def validate(config) -> None:
 def _reconstruction_fn(model, mesh):
   replicated = sharding_lib.replicated(mesh)
 
-  @jax.jit
-  def run(params, images, key):
+  def apply(params, images, key):
     return model.apply({"params": params}, images, train=False, rngs={"masking": key})
+  run = jax.jit(apply, out_shardings=replicated)  # every process can read the result
 
   def fn(params, images, step):
     images = jax.device_put(images, replicated)
@@ -115,10 +115,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                jax.device_count(), jax.process_count())
 
   # ------------------------------------------------------------------ input
+  images_sharding = sharding_lib.batch_sharding(mesh)
+  # Each process reads the rows of the global batch its devices hold, so the
+  # global batch is the same for any number of processes.
   data_iter = pipeline.train_iterator(
       config.data, global_batch=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  images_sharding = sharding_lib.batch_sharding(mesh)
+      rows=sharding_lib.process_batch_rows(images_sharding, config.batch_size))
+  images_shape = (config.batch_size, config.data.image_size, config.data.image_size,
+                  config.data.channels)
   mean, std = pipeline.normalization(config.data)
   recon_images, _ = pipeline.eval_arrays(config.data, config.data.eval_split,
                                          config.num_recon_images)
@@ -182,7 +186,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with _Preemption() as preemption:
     while step < num_steps:
       batch = next(data_iter)
-      images = jax.make_array_from_process_local_data(images_sharding, batch["image"])
+      images = jax.make_array_from_process_local_data(images_sharding, batch["image"],
+                                                      images_shape)
       state, metrics = train_step(state, images)
       if pending is not None:
         check_finite(*(pending[0], {k: float(v) for k, v in jax.device_get(pending[1]).items()}))

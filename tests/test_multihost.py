@@ -1,0 +1,136 @@
+"""Multi-host on one machine: processes joined by jax.distributed on 127.0.0.1.
+
+2 processes x 4 CPU devices must train exactly like 1 process x 8 devices (the
+global batch does not depend on the process count), resume with per-process
+data-iterator state, and leave a checkpoint a 1-process run continues from.
+"""
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_FLAGS, run_cli
+
+LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
+# Faster XLA compiles on the CPU; both sides of every comparison use them.
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+RTOL = 2e-3
+PEAK_LR = 1.5e-3 * 32 / 256  # configs/pretrain_fmnist.py base_lr at batch 32
+# A constant learning rate: runs of different lengths follow one trajectory.
+CONSTANT_LR = ["--config.optim.warmup_steps=0", f"--config.optim.min_lr={PEAK_LR}"]
+
+
+def _pretrain(workdir, steps, *extra):
+  return ["pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={workdir}",
+          *TINY_FLAGS, *CONSTANT_LR, f"--config.num_train_steps={steps}",
+          "--config.checkpoint.every_steps=4", *extra]
+
+
+def _launch(n, devices, args, tmp_path, timeout=300):
+  import subprocess
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA,
+             MAE_JAX=f"{sys.executable} -m mae_jax", PYTHON=sys.executable)
+  log_dir = tmp_path / f"logs_{time.monotonic_ns()}"
+  proc = subprocess.run(["bash", LAUNCHER, f"--devices_per_process={devices}",
+                         f"--log_dir={log_dir}", "--timeout_s=60", str(n), *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  logs = "".join(open(p).read()[-2000:] for p in sorted(glob.glob(f"{log_dir}/*.log")))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
+  return proc
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def compile_cache(tmp_path, monkeypatch):
+  """One persistent compilation cache for the runs of a test: resumed runs reuse it."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_available,
+                                                        compile_cache):
+  eight = {"XLA_FLAGS": f"{FAST_XLA} --xla_force_host_platform_device_count=8"}
+  ref, multi = tmp_path / "one_process", tmp_path / "two_processes"
+  run_cli(*_pretrain(ref, 10), env=eight, check=True)
+  want = _metrics(ref)
+  mesh = ["--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.mesh.model=1"]
+
+  _launch(2, 4, _pretrain(multi, 4, *mesh), tmp_path)
+  data = sorted(os.listdir(multi / "checkpoints" / "4" / "data"))
+  assert [f for f in data if f.endswith(".json")] == ["process_0-of-2.json",
+                                                     "process_1-of-2.json"]
+  proc = _launch(2, 4, _pretrain(multi, 8, *mesh), tmp_path)  # per-process resume
+  assert "resumed from step 4" in proc.stdout
+  proc = run_cli(*_pretrain(multi, 10), env=eight, check=True)  # 1 process continues
+  assert "resumed from step 8" in proc.stdout
+
+  got = _metrics(multi)
+  assert [r["step"] for r in got] == list(range(1, 11))  # process 0 alone wrote them
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=RTOL)
+  np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want],
+                             rtol=RTOL)
+  # process 0 alone writes TensorBoard and reconstructions: one file per invocation
+  assert len(glob.glob(str(multi / "tensorboard" / "events.*"))) == 3
+  assert sorted(os.listdir(multi / "recon")) == ["step_0000004.png", "step_0000008.png",
+                                                 "step_0000010.png"]
+  import mae_jax
+  a, b = mae_jax.load(str(multi)), mae_jax.load(str(ref))
+  assert a.step == b.step == 10
+  import jax
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-2, atol=1e-4),
+               a.params, b.params)
+
+
+@pytest.mark.parametrize("process_id,pattern", [
+    (1, "did not accept connections within 3 s"),
+    (0, "only some of the 2 processes joined"),
+])
+def test_unreachable_coordinator_fails_fast_with_a_clear_error(tmp_path, process_id,
+                                                               pattern):
+  import socket
+  with socket.socket() as s:  # a port nobody listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  start = time.monotonic()
+  proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}",
+                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={process_id}", "--distributed_timeout_s=3", timeout=60)
+  elapsed = time.monotonic() - start
+  assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+  assert "Traceback" not in proc.stderr and "Check failure" not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and pattern in lines[0], proc.stderr
+  assert "--distributed_timeout_s" in lines[0]
+  assert elapsed < 45, elapsed
+
+
+def test_bad_distributed_flags_are_config_errors(tmp_path):
+  proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}",
+                 "--coordinator_address=localhost", "--num_processes=2", "--process_id=1")
+  assert proc.returncode == 2 and "is not HOST:PORT" in proc.stderr, proc.stderr
+  proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}",
+                 "--coordinator_address=127.0.0.1:1234", "--num_processes=2")
+  assert proc.returncode == 2 and "go together" in proc.stderr, proc.stderr
+
+
+def test_launcher_reports_a_failed_process(tmp_path):
+  import subprocess
+  env = dict(os.environ, MAE_JAX=f"{sys.executable} -m mae_jax", PYTHON=sys.executable)
+  start = time.monotonic()
+  proc = subprocess.run(
+      ["bash", LAUNCHER, "--devices_per_process=1", f"--log_dir={tmp_path}", "2", "pretrain",
+       "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}/w",
+       "--config.model.mask_ratio=1.5"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr)
+  assert "exited with status 2" in proc.stderr and "mask_ratio" in proc.stderr
+  assert time.monotonic() - start < 100
