@@ -47,6 +47,8 @@ def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  if hasattr(image, "random_resized_crop"):  # still encoded: mae_jax.data.jpeg.JpegImage
+    return image.random_resized_crop(rng, size, scale, ratio)
   top, left, h, w = rrc_box(rng, image.shape[0], image.shape[1], scale, ratio)
   pil = _to_pil(image).resize((size, size), Image.BICUBIC,
                               box=(left, top, left + w, top + h))
@@ -55,6 +57,7 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
 
 def center_crop(image: np.ndarray, size: int, crop_pct: float = 0.875) -> np.ndarray:
   """Eval transform: identity at the right size, else resize shorter side + centre crop."""
+  image = np.asarray(image)  # decodes an encoded image
   h, w = image.shape[:2]
   if (h, w) == (size, size):
     return image
@@ -77,6 +80,14 @@ def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
   mean = np.asarray(mean, np.float32) * 255.0
   std = np.asarray(std, np.float32) * 255.0
+  if image.ndim >= 2 and mean.shape == std.shape == image.shape[-1:]:
+    # The same arithmetic on rows of W*C values: NumPy broadcasting over a last
+    # axis of 3 is ~4x slower (it was a fifth of the JPEG pipeline's time).
+    out = image.astype(np.float32, order="C")
+    rows = out.reshape(-1, image.shape[-2] * image.shape[-1])
+    rows -= np.tile(mean, image.shape[-2])
+    rows /= np.tile(std, image.shape[-2])
+    return out
   return (image.astype(np.float32) - mean) / std
 
 

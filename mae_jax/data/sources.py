@@ -95,7 +95,13 @@ def fashion_mnist_idx(idx_dir: str, split: str) -> ArraySource:
 
 
 class TfdsSource:
-  """``tfds.data_source`` (ArrayRecord) over any prepared TFDS dataset."""
+  """``tfds.data_source`` (ArrayRecord) over any prepared TFDS dataset.
+
+  A JPEG-encoded ``image`` feature is not decoded here: records carry a
+  ``mae_jax.data.jpeg.JpegImage`` and the augmentation decodes only what its crop
+  needs (``decode_jpeg_lazily = False`` restores TFDS's full decode).
+  """
+  decode_jpeg_lazily = True
 
   def __init__(self, name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
@@ -103,9 +109,12 @@ class TfdsSource:
       builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
       if download and not builder.is_prepared():
         builder.download_and_prepare(file_format="array_record")
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None,
-                                      download=False)
       info = builder.info
+      self._lazy_jpeg = (self.decode_jpeg_lazily and "image" in info.features and
+                         getattr(info.features["image"], "encoding_format", None) == "jpeg")
+      decoders = {"image": tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None,
+                                      download=False, decoders=decoders)
     except Exception as e:  # tfds raises many types; they all mean "not usable"
       raise DataError(
           f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
@@ -128,6 +137,10 @@ class TfdsSource:
 
   def __getitem__(self, index: int) -> dict:
     record = self._source[index]
+    if self._lazy_jpeg:
+      from mae_jax.data import jpeg
+      image = jpeg.JpegImage(record["image"], self.channels, f"{self.name}: record {index}")
+      return {"image": image, "label": int(record.get("label", -1))}
     image = np.asarray(record["image"])
     if image.ndim == 2:
       image = image[..., None]

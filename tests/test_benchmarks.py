@@ -1,0 +1,78 @@
+"""Benchmarks: the FLOP formula against the design numbers, and a CPU smoke run of the
+throughput benchmark with ml_collections / TFDS / TensorFlow / grain unimportable
+(as on the accelerator image)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+BENCH = os.path.join(REPO, "benchmarks")
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("variant,gflop", [("B/16", 58.7), ("L/16", 124.5)])
+def test_flops_match_the_design_numbers(variant, gflop):
+  flops = _load("flops")
+  got = flops.variant_train_flops(variant, image_size=224, channels=3, mask_ratio=0.75) / 1e9
+  assert abs(got - gflop) / gflop < 0.01, got
+
+
+def test_flops_by_hand_for_one_block():
+  flops = _load("flops")
+  # 10 tokens, width 8, mlp 32: qkv 2*10*8*24, proj 2*10*8*8, fc1+fc2 2*2*10*8*32, attn 4*100*8
+  assert flops.block_flops(10, 8) == 3840 + 1280 + 10240 + 3200
+
+
+def test_peak_table():
+  flops = _load("flops")
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert flops.peak_flops("NVIDIA H200") == 989e12
+  assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert flops.peak_flops("cpu") is None
+
+
+BLOCKED = ("ml_collections", "tensorflow", "tensorflow_datasets", "grain")
+
+
+def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path):
+  code = ("import sys, runpy\n"
+          + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
+          + "sys.argv[0] = 'pretrain_throughput.py'\n"
+          + "runpy.run_path('benchmarks/pretrain_throughput.py', run_name='__main__')\n")
+  out = tmp_path / "rows.jsonl"
+  args = ["--variant=tiny/7", "--image_size=28", "--channels=1", "--batch=8", "--steps=2",
+          "--warmup=0", "--repeats=1", "--attention=dot_product", "--cpu_cores=1", f"--out={out}"]
+  hf = importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")
+  args.append("--hf" if hf else "--no-hf")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert rows == [json.loads(line) for line in out.read_text().splitlines()]
+  ours = [r for r in rows if r["impl"] == "mae_jax"]
+  assert len(ours) == 1
+  row = ours[0]
+  for key in ("model", "device", "batch", "img_per_s", "mfu", "peak_mem_gib", "first_step_s",
+              "attention", "dtype", "remat"):
+    assert key in row, key
+  assert row["model"] == "vit-tiny/7" and row["device"] == "cpu" and row["batch"] == 8
+  assert row["img_per_s"] > 0 and row["mfu"] is None and row["dtype"] == "float32"
+  assert row["first_step_s"] > 0 and row["peak_mem_gib"] > 0
+  if hf:
+    theirs = [r for r in rows if r["impl"] == "hf_vitmae"]
+    assert len(theirs) == 1 and theirs[0]["attention"] == "sdpa"
+    assert row["ratio_vs_hf"] == pytest.approx(row["img_per_s"] / theirs[0]["img_per_s"])
+    # same architecture: HF counts its two fixed position tables as parameters
+    assert theirs[0]["num_params"] - row["num_params"] == (17 * 128 + 17 * 64)
