@@ -205,3 +205,116 @@ class PatchEmbed(nn.Module):
 
 def token_init(std: float = 0.02):
   return logical(nn.initializers.normal(std), (None, None, "embed"))
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def sincos_table_init(grid: tuple[int, int]):
+  """Initialiser of a learned ``[1, 1 + gh*gw, D]`` table: the fixed 2-D sin-cos table."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    from mae_jax.models.pos_embed import sincos_2d
+    return jnp.asarray(sincos_2d(shape[-1], grid, cls_token=True), dtype)[None]
+  return init
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier on the MAE encoder's parameter tree, as the official fine-tuning.
+
+  Names ``patch_embed``, ``cls_token``, ``blocks_{i}`` and ``norm`` are the MAE
+  encoder's, so a pretraining (or imported) checkpoint loads by name; the classifier
+  adds ``pos_embed``, ``fc_norm``/``head_norm`` and ``head``.
+
+  * ``pos_embed`` ``[1, 1 + L, D]`` is a *learned* parameter, as in timm's ViT that
+    the official fine-tuning uses. It starts as the fixed sin-cos table (cls row
+    zero); loading a checkpoint sets it to the checkpoint's table, bicubically
+    resized when the image size differs (``mae_jax.train.finetune``).
+  * ``pool="avg"`` (fine-tuning default): mean of the patch tokens (cls excluded)
+    then ``fc_norm``; the encoder's ``norm`` is not used and not created.
+    ``pool="cls"`` (linear-probe default): ``norm`` then the cls token.
+  * ``head_norm=True`` puts a BatchNorm without affine (eps 1e-6) before the head,
+    as the official linear probe; its statistics live in ``batch_stats``.
+  * Drop path rises linearly from 0 to ``drop_path_rate`` over the blocks; the head
+    is trunc-normal with ``head_init_std`` (2e-5 fine-tuning, 0.01 probe).
+
+  ``features(images, train)`` returns the pooled, normalised ``[B, D]`` features and
+  ``logits(features, train)`` applies the head; ``__call__`` is both.
+  """
+  num_classes: int
+  image_size: int | tuple[int, int] = 224
+  patch_size: int = 16
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  pool: str = "avg"
+  drop_path_rate: float = 0.0
+  head_init_std: float = 2e-5
+  head_norm: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
+  remat: str = "none"
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    h, w = ((self.image_size, self.image_size) if isinstance(self.image_size, int)
+            else tuple(self.image_size))
+    if h % self.patch_size or w % self.patch_size:
+      raise ValueError(f"image size {(h, w)} is not divisible by patch size "
+                       f"{self.patch_size}")
+    return h // self.patch_size, w // self.patch_size
+
+  def setup(self):
+    if self.pool not in ("avg", "cls"):
+      raise ValueError(f"pool must be 'avg' or 'cls', got {self.pool!r}")
+    gh, gw = self.grid
+    block = block_class(self.remat)
+    self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
+                                  self.param_dtype)
+    self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
+                                self.param_dtype)
+    self.pos_embed = self.param("pos_embed",
+                                logical(sincos_table_init((gh, gw)), (None, None, "embed")),
+                                (1, 1 + gh * gw, self.embed_dim), self.param_dtype)
+    rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
+    self.blocks = [block(self.num_heads, mlp_ratio=self.mlp_ratio, drop_path=rates[i],
+                         dtype=self.dtype, param_dtype=self.param_dtype,
+                         attention=self.attention, name=f"blocks_{i}")
+                   for i in range(self.depth)]
+    if self.pool == "avg":
+      self.fc_norm = layer_norm("fc_norm", param_dtype=self.param_dtype)
+    else:
+      self.norm = layer_norm("norm", param_dtype=self.param_dtype)
+    if self.head_norm:
+      self.bn = nn.BatchNorm(use_scale=False, use_bias=False, epsilon=LN_EPS, momentum=0.9,
+                             axis_name=None, name="head_norm")
+    self.head = dense(self.num_classes, "head", ("embed", "classes"), self.dtype,
+                      self.param_dtype,
+                      kernel_init=nn.initializers.truncated_normal(self.head_init_std))
+
+  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Pooled encoder features ``[B, D]`` (float32): avg + ``fc_norm``, or ``norm`` + cls."""
+    if images.shape[1:3] != tuple(s * self.patch_size for s in self.grid):
+      raise ValueError(f"model built for {self.grid[0] * self.patch_size}x"
+                       f"{self.grid[1] * self.patch_size} images, got shape {images.shape}")
+    x = self.patch_embed(images).astype(jnp.float32)
+    b = x.shape[0]
+    cls = jnp.broadcast_to(self.cls_token.astype(jnp.float32), (b, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1) + self.pos_embed.astype(jnp.float32)
+    x = constrain(x, ("batch", "length", "act_embed"))
+    for blk in self.blocks:
+      x = blk(x, not train)
+    if self.pool == "avg":
+      return self.fc_norm(x[:, 1:].mean(axis=1)).astype(jnp.float32)
+    return self.norm(x)[:, 0].astype(jnp.float32)
+
+  def logits(self, features: jax.Array, train: bool = False) -> jax.Array:
+    """Head on pooled features: ``[B, num_classes]`` float32 logits."""
+    if self.head_norm:
+      features = self.bn(features, use_running_average=not train)
+    return self.head(features).astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.logits(self.features(images, train), train)

@@ -71,3 +71,114 @@ def adamw(optim_config, schedule: optax.Schedule) -> optax.GradientTransformatio
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx
+
+
+# --------------------------------------------------------------------- fine-tuning
+
+
+NO_WEIGHT_DECAY = ("pos_embed", "cls_token")
+
+
+def _names(path) -> list[str]:
+  """Dict keys of a tree path (skips the ``.value`` of logically boxed leaves)."""
+  return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def finetune_decay_mask(params):
+  """``decay_mask`` plus the official fine-tuning exclusions (``pos_embed``, ``cls_token``)."""
+  def rule(path, leaf):
+    names = _names(path)
+    return leaf.ndim > 1 and names[-1] != "bias" and names[0] not in NO_WEIGHT_DECAY
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def vit_layer_id(top_level_name: str, num_layers: int) -> int:
+  """Official ``get_layer_id_for_vit`` on our names; ``num_layers`` = depth + 1.
+
+  0 for ``patch_embed``, ``cls_token``, ``pos_embed``; ``i + 1`` for ``blocks_i``;
+  ``num_layers`` for everything else (``norm``, ``fc_norm``, ``head``).
+  """
+  if top_level_name in ("cls_token", "pos_embed", "patch_embed"):
+    return 0
+  if top_level_name.startswith("blocks_"):
+    return int(top_level_name.split("_", 1)[1]) + 1
+  return num_layers
+
+
+def layer_ids(params, depth: int):
+  """Tree of official layer ids (``get_layer_id_for_vit``) for a ViT of ``depth`` blocks."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: vit_layer_id(_names(path)[0], depth + 1), params)
+
+
+def layer_lr_scales(params, depth: int, layer_decay: float):
+  """Per-leaf lr multiplier ``layer_decay ** (depth + 1 - layer_id)`` (official LLRD)."""
+  return jax.tree.map(lambda i: float(layer_decay ** (depth + 1 - i)),
+                      layer_ids(params, depth))
+
+
+def adamw_layer_decay(optim_config, schedule: optax.Schedule, depth: int
+                      ) -> optax.GradientTransformation:
+  """AdamW with layer-wise lr decay, as the official ``param_groups_lrd`` + AdamW.
+
+  ``optax.adamw`` is ``scale_by_adam -> add_decayed_weights -> scale_by_learning_rate``;
+  scaling its output per layer group (``optax.multi_transform`` of ``optax.scale``)
+  is the same as giving each group ``lr * layer_decay ** (depth + 1 - layer_id)``,
+  the decay term included, exactly as torch's AdamW with per-group lr. Weight
+  decay: not on biases, 1-D params, ``pos_embed`` or ``cls_token``.
+  """
+  layer_decay = float(optim_config.layer_decay)
+  if not 0.0 < layer_decay <= 1.0:
+    raise ConfigError(f"optim.layer_decay={layer_decay} must be in (0, 1].")
+  for key in ("b1", "b2"):
+    if not 0.0 <= optim_config[key] < 1.0:
+      raise ConfigError(f"optim.{key}={optim_config[key]} must be in [0, 1).")
+  if optim_config.weight_decay < 0:
+    raise ConfigError(f"optim.weight_decay={optim_config.weight_decay} must be >= 0.")
+  groups = {f"layer_{i}": optax.scale(layer_decay ** (depth + 1 - i))
+            for i in range(depth + 2)}
+  labels = lambda params: jax.tree.map(lambda i: f"layer_{i}", layer_ids(params, depth))
+  parts = []
+  if optim_config.get("clip_grad_norm", 0.0) and optim_config.clip_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(optim_config.clip_grad_norm))
+  parts.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
+                           weight_decay=optim_config.weight_decay,
+                           mask=finetune_decay_mask))
+  parts.append(optax.multi_transform(groups, labels))
+  tx = optax.chain(*parts)
+  accum = int(optim_config.get("grad_accum_steps", 1))
+  if accum < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
+  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
+
+
+# --------------------------------------------------------------------- linear probe
+
+
+def lars(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """LARS as the official ``util/lars.py`` (no weight decay in the probe recipe).
+
+  Per parameter with more than one dimension the update is scaled by
+  ``trust_coefficient * |w| / |g + wd * w|`` (1 where either norm is 0); 1-D
+  parameters (biases) are not. Then momentum, then the learning rate. This is
+  ``optax.lars`` with the momentum applied before the learning rate (the torch
+  order), so a warmup does not leak into the momentum buffer; with a constant lr
+  the two are identical.
+  """
+  if not 0.0 <= optim_config.momentum < 1.0:
+    raise ConfigError(f"optim.momentum={optim_config.momentum} must be in [0, 1).")
+  if optim_config.weight_decay < 0:
+    raise ConfigError(f"optim.weight_decay={optim_config.weight_decay} must be >= 0.")
+  matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  parts = []
+  if optim_config.weight_decay:
+    parts.append(optax.add_decayed_weights(optim_config.weight_decay, mask=matrices))
+  parts += [optax.masked(optax.scale_by_trust_ratio(
+                trust_coefficient=optim_config.trust_coefficient, eps=0.0), matrices),
+            optax.trace(decay=optim_config.momentum, nesterov=False),
+            optax.scale_by_learning_rate(schedule)]
+  tx = optax.chain(*parts)
+  accum = int(optim_config.get("grad_accum_steps", 1))
+  if accum < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
+  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx

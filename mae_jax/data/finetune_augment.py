@@ -1,0 +1,365 @@
+"""Fine-tuning augmentations (the official recipe, after timm) and input pipelines.
+
+Per example, in the grain pipeline (PIL/NumPy, driven by the record's
+``np.random.Generator``, so a seed and a batch index fix every draw):
+
+* RandomResizedCrop (bicubic) + horizontal flip (``mae_jax.data.augment``);
+* RandAugment ``rand-m9-mstd0.5-inc1`` (``rand_augment``): 2 ops per image drawn
+  with replacement from timm's 15 "increasing" ops, each applied with
+  probability 0.5 at magnitude ``N(9, 0.5)`` clipped to [0, 10];
+* normalisation, then RandomErasing (``random_erasing``, timm's ``pixel`` mode:
+  probability 0.25, one box of 2%-33% of the area, aspect 0.3-3.3, filled with
+  N(0, 1) noise per pixel and channel).
+
+Per batch, on the host (``mixup_cutmix``): timm's ``Mixup`` in ``batch`` mode
+(one lambda per batch, the batch mixed with its reverse), mixup alpha 0.8 or
+cutmix alpha 1.0 switched with probability 0.5, the area-corrected lambda for
+cutmix, and label smoothing 0.1 in the soft targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import grain
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from mae_jax.data import augment, pipeline
+from mae_jax.data.sources import open_source
+from mae_jax.errors import ConfigError
+
+# ------------------------------------------------------------------ RandAugment
+
+MAX_LEVEL = 10.0
+
+
+def _sign(rng: np.random.Generator, value: float) -> float:
+  return -value if rng.random() < 0.5 else value
+
+
+def _affine(img: Image.Image, matrix, fill, rng) -> Image.Image:
+  resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
+  return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+
+
+def _rotate(img, level, fill, rng):
+  degrees = _sign(rng, level / MAX_LEVEL * 30.0)
+  resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
+  return img.rotate(degrees, resample=resample, fillcolor=fill)
+
+
+def _enhance(enhancer):
+  def op(img, level, fill, rng):
+    del fill
+    return enhancer(img).enhance(1.0 + _sign(rng, level / MAX_LEVEL * 0.9))
+  return op
+
+
+def _solarize_add(img, level, fill, rng):
+  del fill, rng
+  add = int(level / MAX_LEVEL * 110)
+  lut = [min(255, i + add) if i < 128 else i for i in range(256)]
+  return img.point(lut * len(img.getbands()))
+
+
+def _shear(axis):
+  def op(img, level, fill, rng):
+    f = _sign(rng, level / MAX_LEVEL * 0.3)
+    return _affine(img, (1, f, 0, 0, 1, 0) if axis == "x" else (1, 0, 0, f, 1, 0), fill, rng)
+  return op
+
+
+def _translate(axis, translate_pct: float = 0.45):
+  def op(img, level, fill, rng):
+    pct = _sign(rng, level / MAX_LEVEL * translate_pct)
+    if axis == "x":
+      return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), fill, rng)
+    return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), fill, rng)
+  return op
+
+
+def _posterize(img, level, fill, rng):
+  del fill, rng
+  bits = 4 - int(level / MAX_LEVEL * 4)
+  if bits <= 0:  # timm's 0 bits (PIL now refuses it): every pixel becomes 0
+    return Image.new(img.mode, img.size, 0)
+  return img if bits >= 8 else ImageOps.posterize(img, bits)
+
+
+def _solarize(img, level, fill, rng):
+  del fill, rng
+  return ImageOps.solarize(img, 256 - int(level / MAX_LEVEL * 256))
+
+
+# The "increasing" op set of timm (``inc1``): higher magnitude = stronger for every op.
+RAND_OPS = {
+    "AutoContrast": lambda img, level, fill, rng: ImageOps.autocontrast(img),
+    "Equalize": lambda img, level, fill, rng: ImageOps.equalize(img),
+    "Invert": lambda img, level, fill, rng: ImageOps.invert(img),
+    "Rotate": _rotate,
+    "PosterizeIncreasing": _posterize,
+    "SolarizeIncreasing": _solarize,
+    "SolarizeAdd": _solarize_add,
+    "ColorIncreasing": _enhance(ImageEnhance.Color),
+    "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
+    "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
+    "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
+    "ShearX": _shear("x"),
+    "ShearY": _shear("y"),
+    "TranslateXRel": _translate("x"),
+    "TranslateYRel": _translate("y"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandAugmentSpec:
+  num_ops: int = 2
+  magnitude: float = 9.0
+  magnitude_std: float = 0.5
+  prob: float = 0.5
+
+
+def parse_rand_augment(spec: str) -> RandAugmentSpec | None:
+  """timm's config string, e.g. ``rand-m9-mstd0.5-inc1`` (``""``/``none`` = off).
+
+  Keys: ``m`` magnitude, ``mstd`` magnitude noise std, ``n`` ops per image,
+  ``p`` probability of each op, ``inc`` must be 1 (only the increasing set exists).
+  """
+  if not spec or spec == "none":
+    return None
+  parts = spec.split("-")
+  if parts[0] != "rand":
+    raise ConfigError(f"RandAugment spec {spec!r} must start with 'rand-', e.g. "
+                      "'rand-m9-mstd0.5-inc1'.")
+  values = {}
+  for part in parts[1:]:
+    for key in ("mstd", "inc", "m", "n", "p"):
+      if part.startswith(key):
+        try:
+          values[key] = float(part[len(key):])
+        except ValueError:
+          raise ConfigError(f"bad value in RandAugment spec {spec!r}: {part!r}") from None
+        break
+    else:
+      raise ConfigError(f"unknown key {part!r} in RandAugment spec {spec!r}; known: m, "
+                        "mstd, n, p, inc.")
+  if values.get("inc", 1) != 1:
+    raise ConfigError("only the increasing op set (inc1) is implemented.")
+  return RandAugmentSpec(num_ops=int(values.get("n", 2)), magnitude=values.get("m", 9.0),
+                         magnitude_std=values.get("mstd", 0.5), prob=values.get("p", 0.5))
+
+
+def rand_augment(image: np.ndarray, rng: np.random.Generator, spec: RandAugmentSpec,
+                 fill: tuple[int, ...]) -> np.ndarray:
+  """RandAugment on a uint8 ``[H, W, C]`` image (C = 1 or 3)."""
+  channels = image.shape[-1]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  fill_color = fill[0] if channels == 1 else tuple(fill)
+  names = list(RAND_OPS)
+  for index in rng.integers(0, len(names), size=spec.num_ops):  # with replacement
+    if spec.prob < 1.0 and rng.random() > spec.prob:
+      continue
+    level = spec.magnitude
+    if spec.magnitude_std > 0:
+      level = rng.normal(spec.magnitude, spec.magnitude_std)
+    level = float(np.clip(level, 0.0, MAX_LEVEL))
+    pil = RAND_OPS[names[index]](pil, level, fill_color, rng)
+  out = np.asarray(pil)
+  return out[..., None] if out.ndim == 2 else out
+
+
+# ------------------------------------------------------------------ RandomErasing
+
+
+def erase_box(rng: np.random.Generator, height: int, width: int, min_area=0.02,
+              max_area=1 / 3, log_ratio=(math.log(0.3), math.log(1 / 0.3))):
+  """``(top, left, h, w)`` of timm's RandomErasing box, or None after 10 failed tries."""
+  area = height * width
+  for _ in range(10):
+    target = rng.uniform(min_area, max_area) * area
+    aspect = math.exp(rng.uniform(*log_ratio))
+    h = int(round(math.sqrt(target * aspect)))
+    w = int(round(math.sqrt(target / aspect)))
+    if w < width and h < height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  return None
+
+
+def random_erasing(image: np.ndarray, rng: np.random.Generator, prob: float = 0.25,
+                   mode: str = "pixel") -> np.ndarray:
+  """timm RandomErasing on a normalised float ``[H, W, C]`` image (one box)."""
+  if prob <= 0 or rng.random() > prob:
+    return image
+  box = erase_box(rng, image.shape[0], image.shape[1])
+  if box is None:
+    return image
+  top, left, h, w = box
+  out = image.copy()
+  c = image.shape[-1]
+  if mode == "pixel":
+    fill = rng.standard_normal((h, w, c))
+  elif mode == "rand":
+    fill = np.broadcast_to(rng.standard_normal((1, 1, c)), (h, w, c))
+  elif mode == "const":
+    fill = np.zeros((h, w, c))
+  else:
+    raise ConfigError(f"random erasing mode {mode!r} is unknown; choose pixel, rand, const.")
+  out[top:top + h, left:left + w] = fill.astype(image.dtype)
+  return out
+
+
+# ------------------------------------------------------------------ Mixup / CutMix
+
+
+def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
+  """timm ``one_hot``: ``1 - smoothing + smoothing/K`` on the label, ``smoothing/K`` off."""
+  off = smoothing / num_classes
+  out = np.full((len(labels), num_classes), off, np.float32)
+  out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
+  return out
+
+
+def cutmix_box(rng: np.random.Generator, height: int, width: int, lam: float):
+  """timm ``rand_bbox``: a box of side ``sqrt(1 - lam)`` centred anywhere, clipped.
+
+  Returns ``(y0, y1, x0, x1)`` and the area-corrected ``lam`` (1 - box area / image).
+  """
+  ratio = math.sqrt(1.0 - lam)
+  cut_h, cut_w = int(height * ratio), int(width * ratio)
+  cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+  y0, y1 = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
+  x0, x1 = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+  return (y0, y1, x0, x1), 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixInfo:
+  lam: float
+  cutmix: bool
+  box: tuple[int, int, int, int] | None
+
+
+def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
+                 num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+                 prob: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1):
+  """timm ``Mixup`` (mode ``batch``) on a host batch: ``(images, soft targets, info)``.
+
+  ``images`` ``[B, H, W, C]`` are mixed with ``images[::-1]``; targets are
+  ``lam * y + (1 - lam) * y[::-1]`` of label-smoothed one-hots, so rows sum to 1.
+  With both alphas 0 (or the ``prob`` draw failing) only smoothing applies.
+  """
+  if len(images) % 2:
+    raise ConfigError(f"mixup/cutmix needs an even per-process batch, got {len(images)}.")
+  lam, use_cutmix, box = 1.0, False, None
+  if (mixup_alpha > 0 or cutmix_alpha > 0) and rng.random() < prob:
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+      use_cutmix = bool(rng.random() < switch_prob)
+    else:
+      use_cutmix = cutmix_alpha > 0
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+  out = images
+  if lam < 1.0:
+    if use_cutmix:
+      box, lam = cutmix_box(rng, images.shape[1], images.shape[2], lam)
+      y0, y1, x0, x1 = box
+      out = images.copy()
+      out[:, y0:y1, x0:x1] = images[::-1, y0:y1, x0:x1]
+    else:
+      out = (images * lam + images[::-1] * (1.0 - lam)).astype(images.dtype)
+  y = smooth_one_hot(labels, num_classes, smoothing)
+  targets = (y * lam + y[::-1] * (1.0 - lam)).astype(np.float32)
+  return out, targets, MixInfo(lam=lam, cutmix=use_cutmix, box=box)
+
+
+# ------------------------------------------------------------------ pipelines
+
+
+def _finetune_transform(record: dict, rng: np.random.Generator, *, size, scale, ratio,
+                        hflip, channels, mean, std, rand_aug, fill, reprob,
+                        remode) -> dict:
+  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio)
+  if hflip and rng.random() < 0.5:
+    image = image[:, ::-1]
+  image = augment.match_channels(np.ascontiguousarray(image), channels)
+  if rand_aug is not None:
+    image = rand_augment(image, rng, rand_aug, fill)
+  image = augment.normalize(image, mean, std)
+  image = random_erasing(image, rng, reprob, remode)
+  return {"image": image, "label": np.int32(record["label"])}
+
+
+def train_iterator(data_config, *, global_batch: int, seed: int, process_index: int = 0,
+                   process_count: int = 1):
+  """Checkpointable iterator of fine-tuning batches (before mixup), as
+  ``pipeline.train_iterator`` but with RandAugment and RandomErasing."""
+  source = open_source(data_config, data_config.split)
+  pipeline._check_channels(source, data_config.channels)
+  mean, std = pipeline._stats(source, data_config)
+  aug = data_config.augment
+  transform = functools.partial(
+      _finetune_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
+      ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
+      mean=mean, std=std, rand_aug=parse_rand_augment(aug.rand_augment),
+      fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob),
+      remode=aug.remode)
+  per_process = pipeline.local_batch_size(global_batch, process_count)
+  ds = grain.MapDataset.source(pipeline._Indexed(source))
+  ds = ds.slice(slice(process_index, None, process_count))
+  ds = ds.seed(seed).shuffle().repeat().random_map(transform)
+  ds = ds.batch(per_process, drop_remainder=True, batch_fn=pipeline._stack)
+  threads = max(0, int(data_config.num_threads))
+  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))
+  return iter(ds.to_iter_dataset(options))
+
+
+def _eval_record(record: dict, *, size, channels, mean, std, crop_pct) -> dict:
+  image = augment.center_crop(record["image"], size, crop_pct)
+  image = augment.match_channels(image, channels)
+  return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"]),
+          "valid": np.bool_(True)}
+
+
+def eval_batches(data_config, split: str, *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1, max_examples: int | None = None):
+  """``(number of batches, iterator factory)`` over a split, in order, padded.
+
+  Every process yields the same number of batches of ``global_batch //
+  process_count`` examples; padding rows have ``valid == False``. The split is
+  streamed (ImageNet's validation set does not fit in memory as floats).
+  """
+  source = open_source(data_config, split)
+  pipeline._check_channels(source, data_config.channels)
+  mean, std = pipeline._stats(source, data_config)
+  per_process = pipeline.local_batch_size(global_batch, process_count)
+  n = len(source) if not max_examples else min(int(max_examples), len(source))
+  num_batches = -(-(-(-n // process_count)) // per_process)
+  transform = functools.partial(_eval_record, size=data_config.image_size,
+                                channels=data_config.channels, mean=mean, std=std,
+                                crop_pct=float(data_config.get("eval_crop_pct", 0.875)))
+  threads = max(0, int(data_config.num_threads))
+  ds = grain.MapDataset.source(pipeline._Indexed(source))
+  ds = ds.slice(slice(process_index, n, process_count)).map(transform)
+
+  def iterate():
+    it = iter(ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))))
+    size, channels = data_config.image_size, data_config.channels
+    for _ in range(num_batches):
+      records = []
+      for record in it:
+        records.append(record)
+        if len(records) == per_process:
+          break
+      batch = {"image": np.zeros((per_process, size, size, channels), np.float32),
+               "label": np.zeros((per_process,), np.int32),
+               "valid": np.zeros((per_process,), np.bool_)}
+      if records:
+        stacked = pipeline._stack(records)
+        for k in batch:
+          batch[k][:len(records)] = stacked[k]
+      yield batch
+
+  return num_batches, iterate

@@ -1,0 +1,141 @@
+"""Fine-tuning augmentations against timm's definitions: mixup/cutmix, label
+smoothing, RandAugment, random erasing, and the deterministic pipelines."""
+import numpy as np
+import pytest
+
+from mae_jax.data import finetune_augment as fa
+from mae_jax.errors import ConfigError
+
+
+def _batch(n=8, h=12, w=10, c=1, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, h, w, c)).astype(np.float32),
+          rng.integers(0, 10, size=n).astype(np.int32))
+
+
+def test_label_smoothing_values():
+  y = fa.smooth_one_hot(np.array([3, 0]), num_classes=10, smoothing=0.1)
+  assert y[0, 3] == pytest.approx(1 - 0.1 + 0.1 / 10)   # on value
+  assert y[0, 0] == pytest.approx(0.1 / 10)             # off value
+  np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(fa.smooth_one_hot(np.array([1]), 4, 0.0), [[0, 1, 0, 0]])
+
+
+def test_mixup_and_cutmix_conserve_label_mass_and_mix_as_timm():
+  images, labels = _batch()
+  seen = set()
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    out, targets, info = fa.mixup_cutmix(images, labels, rng, num_classes=10)
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-5)
+    assert 0.0 <= info.lam <= 1.0
+    y = fa.smooth_one_hot(labels, 10, 0.1)
+    np.testing.assert_allclose(targets, info.lam * y + (1 - info.lam) * y[::-1], atol=1e-6)
+    if info.cutmix:
+      y0, y1, x0, x1 = info.box
+      assert 0 <= y0 <= y1 <= images.shape[1] and 0 <= x0 <= x1 <= images.shape[2]
+      # lam is the area-corrected share of the image's own pixels
+      assert info.lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / (12 * 10))
+      np.testing.assert_array_equal(out[:, y0:y1, x0:x1], images[::-1, y0:y1, x0:x1])
+      inside = np.zeros(images.shape[1:3], bool)
+      inside[y0:y1, x0:x1] = True
+      np.testing.assert_array_equal(out[:, ~inside], images[:, ~inside])
+    else:
+      np.testing.assert_allclose(out, info.lam * images + (1 - info.lam) * images[::-1],
+                                 atol=1e-6)
+    seen.add(info.cutmix)
+  assert seen == {True, False}
+
+
+def test_cutmix_boxes_stay_inside_for_any_lambda():
+  rng = np.random.default_rng(1)
+  for lam in np.linspace(0.0, 1.0, 51):
+    (y0, y1, x0, x1), corrected = fa.cutmix_box(rng, 7, 9, float(lam))
+    assert 0 <= y0 <= y1 <= 7 and 0 <= x0 <= x1 <= 9
+    assert 0.0 <= corrected <= 1.0
+
+
+def test_switch_probability_is_half():
+  images, labels = _batch(n=2, h=4, w=4)
+  rng = np.random.default_rng(1234)
+  n = 2000
+  cut = sum(fa.mixup_cutmix(images, labels, rng, num_classes=10)[2].cutmix for _ in range(n))
+  # binomial(2000, 0.5): std 0.011; 5 std either side
+  assert abs(cut / n - 0.5) < 0.056, cut / n
+  rng = np.random.default_rng(7)
+  cut = sum(fa.mixup_cutmix(images, labels, rng, num_classes=10, switch_prob=0.2)[2].cutmix
+            for _ in range(n))
+  assert abs(cut / n - 0.2) < 0.045, cut / n
+
+
+def test_mixing_off_leaves_images_and_smooths_labels():
+  images, labels = _batch()
+  out, targets, info = fa.mixup_cutmix(images, labels, np.random.default_rng(0),
+                                       num_classes=10, mixup_alpha=0.0, cutmix_alpha=0.0)
+  assert info.lam == 1.0 and out is images
+  np.testing.assert_allclose(targets, fa.smooth_one_hot(labels, 10, 0.1))
+  with pytest.raises(ConfigError, match="even"):
+    fa.mixup_cutmix(images[:3], labels[:3], np.random.default_rng(0), num_classes=10)
+
+
+def test_rand_augment_spec_and_every_op():
+  spec = fa.parse_rand_augment("rand-m9-mstd0.5-inc1")
+  assert spec == fa.RandAugmentSpec(num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5)
+  assert fa.parse_rand_augment("") is None
+  with pytest.raises(ConfigError, match="unknown key"):
+    fa.parse_rand_augment("rand-m9-zz1")
+  assert len(fa.RAND_OPS) == 15
+  rng = np.random.default_rng(0)
+  for channels in (1, 3):
+    image = rng.integers(0, 256, size=(16, 16, channels), dtype=np.uint8)
+    for name, op in fa.RAND_OPS.items():
+      for level in (0.0, 9.0, 10.0):
+        from PIL import Image
+        pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+        out = np.asarray(op(pil, level, 128 if channels == 1 else (128,) * 3, rng))
+        assert out.shape[:2] == (16, 16) and out.dtype == np.uint8, name
+    out = fa.rand_augment(image, rng, spec, (124,) * 3)
+    assert out.shape == image.shape and out.dtype == np.uint8
+  # the ops do change images, and strength grows with the magnitude
+  gray = np.tile(np.arange(16, dtype=np.uint8)[None, :, None] * 16, (16, 1, 1))
+  diffs = []
+  for m in (1, 9):
+    s = fa.RandAugmentSpec(num_ops=2, magnitude=m, magnitude_std=0.0, prob=1.0)
+    r = np.random.default_rng(3)
+    diffs.append(np.mean([np.abs(fa.rand_augment(gray, r, s, (0,)).astype(float) - gray).mean()
+                          for _ in range(200)]))
+  assert diffs[1] > diffs[0] > 0
+
+
+def test_random_erasing_pixel_mode():
+  image = np.zeros((20, 20, 3), np.float32)
+  rng = np.random.default_rng(0)
+  erased = 0
+  for _ in range(1000):
+    out = fa.random_erasing(image, rng, prob=0.25, mode="pixel")
+    changed = np.any(out != 0, axis=-1)
+    if changed.any():
+      erased += 1
+      rows, cols = np.nonzero(changed)
+      h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+      assert 0.02 * 400 * 0.5 <= h * w <= 400 / 3 * 1.5 and h < 20 and w < 20
+  assert abs(erased / 1000 - 0.25) < 0.05
+  noisy = fa.random_erasing(np.zeros((64, 64, 1), np.float32), np.random.default_rng(5),
+                            prob=1.0)
+  values = noisy[noisy != 0]
+  assert values.size > 50 and abs(values.std() - 1.0) < 0.2   # N(0, 1) per pixel
+
+
+def test_finetune_pipeline_is_deterministic(fmnist_available):
+  from conftest import load_config
+  config = load_config("finetune_fmnist")
+  a = next(fa.train_iterator(config.data, global_batch=8, seed=3))
+  b = next(fa.train_iterator(config.data, global_batch=8, seed=3))
+  c = next(fa.train_iterator(config.data, global_batch=8, seed=4))
+  assert a["image"].shape == (8, 28, 28, 1) and a["image"].dtype == np.float32
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert not np.array_equal(a["image"], c["image"])
+  n, batches = fa.eval_batches(config.data, "test", global_batch=64, max_examples=100)
+  got = list(batches())
+  assert n == 2 and len(got) == 2
+  assert got[1]["valid"].sum() == 36 and not got[1]["valid"][36:].any()
