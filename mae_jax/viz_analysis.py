@@ -131,11 +131,11 @@ def line_chart(series, title: str, xlabel: str, ylabel: str, log_y: bool = False
   ``xtick_labels``: optional ``{x: text}`` replacing the numeric x ticks.
   ``dashed``: labels of series drawn dashed (e.g. references).
   """
-  width, height = size
-  left, right, top, bottom = 70, 20, 40, 58
-  img = Image.new("RGB", size, WHITE)
-  draw = ImageDraw.Draw(img)
   big, small = font(15), font(11)
+  width, height = size[0] + _legend_width([s[0] for s in series], small), size[1]
+  left, right, top, bottom = 70, 20 + _legend_width([s[0] for s in series], small), 40, 58
+  img = Image.new("RGB", (width, height), WHITE)
+  draw = ImageDraw.Draw(img)
   draw.text((left, 10), title, fill=BLACK, font=big)
   pts = [(float(x), float(y)) for _, xs, ys in series for x, y in zip(xs, ys)
          if y is not None and math.isfinite(float(y)) and (not log_y or float(y) > 0)]
@@ -173,6 +173,9 @@ def line_chart(series, title: str, xlabel: str, ylabel: str, log_y: bool = False
     xticks = [(float(k), str(v)) for k, v in xtick_labels.items()]
   else:
     xticks = [(t, _fmt(t)) for t in nice_ticks(x0, x1, 6)]
+    if all(float(x).is_integer() for x in xs_all):    # e.g. indices: integer ticks only
+      whole = [(t, _fmt(t)) for t, _ in xticks if float(t).is_integer()]
+      xticks = whole if len(whole) >= 2 else xticks
   for t, text in xticks:
     x = sx(t)
     draw.line([x, top + ph, x, top + ph + 4], fill=BLACK)
@@ -202,7 +205,7 @@ def line_chart(series, title: str, xlabel: str, ylabel: str, log_y: bool = False
       for x, y in line:
         draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
     legend.append((label, color))
-  _legend(draw, legend, left + pw - 8, top + 8, small)
+  _legend(draw, legend, width - 8, top, small)
   return img
 
 
@@ -217,7 +220,16 @@ def _dashed_line(draw, a, b, color, dash: float = 6.0):
                a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1], fill=color, width=2)
 
 
+def _legend_width(labels, fnt) -> int:
+  """Width of the legend box for ``labels`` (plus its margin to the plot)."""
+  if not labels:
+    return 0
+  tmp = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  return max(_text_size(tmp, str(label), fnt)[0] for label in labels) + 30 + 12
+
+
 def _legend(draw, entries, right_x, y, fnt):
+  """A legend box whose right edge is at ``right_x``."""
   if not entries:
     return
   w = max(_text_size(draw, label, fnt)[0] for label, _ in entries) + 30
@@ -237,11 +249,12 @@ def bar_chart(categories, series, title: str, ylabel: str, size=(640, 400),
 
   ``reference`` draws a dashed horizontal line (e.g. the value 1).
   """
-  width, height = size
-  left, right, top, bottom = 70, 20, 40, 58
-  img = Image.new("RGB", size, WHITE)
-  draw = ImageDraw.Draw(img)
   big, small = font(15), font(11)
+  names = [s[0] for s in series] + ([reference_label] if reference_label else [])
+  width, height = size[0] + _legend_width(names, small), size[1]
+  left, right, top, bottom = 70, 20 + _legend_width(names, small), 40, 58
+  img = Image.new("RGB", (width, height), WHITE)
+  draw = ImageDraw.Draw(img)
   draw.text((left, 10), title, fill=BLACK, font=big)
   values = [float(v) for _, vs in series for v in vs if v is not None and math.isfinite(v)]
   if reference is not None:
@@ -286,7 +299,7 @@ def bar_chart(categories, series, title: str, ylabel: str, size=(640, 400),
   ImageDraw.Draw(ylab).text((2, 1), ylabel, fill=BLACK, font=small)
   ylab = ylab.rotate(90, expand=True)
   img.paste(ylab, (4, top + ph // 2 - ylab.size[1] // 2))
-  _legend(draw, legend, left + pw - 8, top + 8, small)
+  _legend(draw, legend, width - 8, top, small)
   return img
 
 

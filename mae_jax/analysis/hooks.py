@@ -38,14 +38,15 @@ FAST_COMPILE_CPU = {"xla_backend_optimization_level": 0,
                     "xla_llvm_disable_expensive_passes": True}
 
 
-def jit(fn, **kwargs):
-  """``jax.jit`` with fast-compile options on CPU (analysis code runs briefly).
+def jit(fn, fast_compile: bool = True, **kwargs):
+  """``jax.jit``, with fast-compile options on CPU for code that runs briefly.
 
-  Inside another ``jit`` (where compiler options are not allowed) it is a plain
-  ``jax.jit``.
+  ``fast_compile=False`` for the heavy loops (influence Jacobians, diffusion),
+  whose optimised code pays for its longer compilation. Inside another ``jit``
+  (where compiler options are not allowed) it is a plain ``jax.jit``.
   """
   plain = jax.jit(fn, **kwargs)
-  if jax.default_backend() != "cpu":
+  if not fast_compile or jax.default_backend() != "cpu":
     return plain
   fast = jax.jit(fn, compiler_options=FAST_COMPILE_CPU, **kwargs)
 

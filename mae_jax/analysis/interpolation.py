@@ -71,7 +71,7 @@ def _influence_fn(model, patch_size: int, grid, channels: int):
     jac = jax.jacfwd(f)(patches[vis])                          # [M, d, K, d]
     return jnp.sqrt(jnp.sum(jac ** 2, axis=(1, 3)))
 
-  _JIT_CACHE[key] = hooks.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, 0)))
+  _JIT_CACHE[key] = hooks.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, 0)), fast_compile=False)
   return _JIT_CACHE[key]
 
 
@@ -173,7 +173,7 @@ def _diffusion(x, hole, iters):
   return jax.lax.fori_loop(0, iters, step, y)
 
 
-_DIFFUSION = hooks.jit(_diffusion, static_argnums=2)
+_DIFFUSION = hooks.jit(_diffusion, fast_compile=False, static_argnums=2)
 
 
 def mean_fill(images, pixel_masked) -> np.ndarray:
@@ -226,7 +226,8 @@ def _predict_fn(model):
   key = ("predict", model)
   if key not in _JIT_CACHE:
     _JIT_CACHE[key] = hooks.jit(
-        lambda p, x, n: model.apply({"params": p}, x, train=False, noise=n)[1])
+        lambda p, x, n: model.apply({"params": p}, x, train=False, noise=n)[1],
+        fast_compile=False)
   return _JIT_CACHE[key]
 
 
