@@ -77,3 +77,25 @@ def setup_logging():
   for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def config_command(trainer: str):
+  """Flags ``--config``/``--workdir`` and a ``main`` running ``trainer.train_and_evaluate``.
+
+  For the trainers driven by a config file (pretrain, finetune, linprobe); call it
+  at import time of the command module, which is the only command module loaded.
+  """
+  from ml_collections import config_flags
+  config = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                           lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Run directory (local or gs://); "
+                                "re-running on it resumes.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    del argv
+    setup_logging()
+    init_distributed()
+    import importlib
+    importlib.import_module(trainer).train_and_evaluate(config.value, workdir.value)
+  return main
