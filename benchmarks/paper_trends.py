@@ -174,11 +174,22 @@ def trend_verdicts(results, mode) -> dict:
       out["mask_ratio_linprobe_075_below_best"] <= NOISE_POINTS and
       at(mask, "linprobe_top1", mask_ratio=0.75) -
       at(mask, "linprobe_top1", mask_ratio=min(mode["mask_ratios"])) > NOISE_POINTS)
+  out["mask_ratio_linprobe_lowest_minus_075"] = round(
+      at(mask, "linprobe_top1", mask_ratio=min(mode["mask_ratios"])) -
+      at(mask, "linprobe_top1", mask_ratio=0.75), 2)
   out["mask_ratio_finetune_best_at"] = max(mask, key=lambda r: r["finetune_top1"])["mask_ratio"]
   lin = [100 * r["linprobe_top1"] for r in depth]
   ft = [100 * r["finetune_top1"] for r in depth]
+  best = int(np.argmax(lin))
+  out["decoder_depth_linprobe_best_at"] = depth[best]["decoder_depth"]
+  out["decoder_depth_linprobe_best_minus_shallowest"] = round(lin[best] - lin[0], 2)
   out["decoder_depth_linprobe_deepest_minus_shallowest"] = round(lin[-1] - lin[0], 2)
-  out["decoder_depth_linprobe_reproduced"] = lin[-1] - lin[0] > NOISE_POINTS
+  if lin[best] - lin[0] <= NOISE_POINTS:
+    out["decoder_depth_linprobe"] = "not reproduced"
+  elif lin[best] - lin[-1] > NOISE_POINTS:
+    out["decoder_depth_linprobe"] = "partly reproduced"
+  else:
+    out["decoder_depth_linprobe"] = "reproduced"
   out["decoder_depth_finetune_spread"] = round(max(ft) - min(ft), 2)
   out["norm_pix_linprobe"] = _compare(100 * (norm[0]["linprobe_top1"] - norm[1]["linprobe_top1"]))
   out["norm_pix_finetune"] = _compare(100 * (norm[0]["finetune_top1"] - norm[1]["finetune_top1"]))
@@ -229,9 +240,11 @@ def markdown(report: dict) -> str:
     lines.append(f"| {r['decoder_depth']} | {pct(r['linprobe_top1'])} | "
                  f"{pct(r['finetune_top1'])} | {paper[1]} | {paper[0]} |")
   lines += ["", "Paper: a deeper decoder helps linear probing a lot (65.5 -> 73.5 from 1 to 8 "
-            "blocks) and fine-tuning hardly at all. Here: the linear probe changes by "
-            f"{v['decoder_depth_linprobe_deepest_minus_shallowest']:+.1f} points from the "
-            "shallowest to the deepest decoder; fine-tuning varies by "
+            "blocks) and fine-tuning hardly at all. Here: the linear probe is best with "
+            f"{v['decoder_depth_linprobe_best_at']} blocks "
+            f"({v['decoder_depth_linprobe_best_minus_shallowest']:+.1f} points over the "
+            "shallowest decoder, the deepest "
+            f"{v['decoder_depth_linprobe_deepest_minus_shallowest']:+.1f}); fine-tuning varies by "
             f"{v['decoder_depth_finetune_spread']:.1f} points across depths.", "",
             "## (c) Norm-pix loss (mask 0.75, decoder depth "
             f"{mode['base_decoder_depth']})", "",
@@ -257,15 +270,18 @@ def summary(verdicts: dict) -> str:
                "and clearly better than at the lowest ratio." if
                verdicts["mask_ratio_linprobe_reproduced"] else
                "Mask ratio: not reproduced -- the linear probe is best at "
-               f"{verdicts['mask_ratio_linprobe_best_at']:.2f}, and 0.75 is "
-               f"{verdicts['mask_ratio_linprobe_075_below_best']:.1f} points below it."))
-  said.append(("Decoder depth: reproduced -- the linear probe gains "
-               f"{verdicts['decoder_depth_linprobe_deepest_minus_shallowest']:.1f} points from "
-               "the shallowest to the deepest decoder." if
-               verdicts["decoder_depth_linprobe_reproduced"] else
-               "Decoder depth: not reproduced -- the linear probe changes by "
-               f"{verdicts['decoder_depth_linprobe_deepest_minus_shallowest']:+.1f} points "
-               "from the shallowest to the deepest decoder."))
+               f"{verdicts['mask_ratio_linprobe_best_at']:.2f} (0.75 is "
+               f"{verdicts['mask_ratio_linprobe_075_below_best']:.1f} points below it), and "
+               "the lowest ratio is "
+               f"{verdicts['mask_ratio_linprobe_lowest_minus_075']:+.1f} points from 0.75, "
+               "where the paper's linear probe falls steeply below 75%."))
+  depth_first, depth_last = "the shallowest", "the deepest"
+  said.append(f"Decoder depth: {verdicts['decoder_depth_linprobe']} -- the linear probe is "
+              f"best with {verdicts['decoder_depth_linprobe_best_at']} blocks "
+              f"({verdicts['decoder_depth_linprobe_best_minus_shallowest']:+.1f} points over "
+              f"{depth_first} decoder; {depth_last}: "
+              f"{verdicts['decoder_depth_linprobe_deepest_minus_shallowest']:+.1f}), where the "
+              "paper rises up to 8 blocks.")
   said.append(f"Norm-pix loss: linear probe {verdicts['norm_pix_linprobe']}, fine-tune "
               f"{verdicts['norm_pix_finetune']} (the paper: better).")
   said.append("At this scale (a 2-block ViT, minutes of pretraining) these are weak tests of "
@@ -285,6 +301,8 @@ def plot(report: dict, path: str) -> None:
   colours = {"linear probe": (31, 119, 180), "fine-tune": (214, 39, 40),
              "paper linear": (31, 119, 180), "paper fine-tune": (214, 39, 40)}
   all_acc = [100 * r[k] for r in results for k in ("linprobe_top1", "finetune_top1")]
+  paper_lin = [PAPER_DECODER_DEPTH.get(r["decoder_depth"], (None, None))[1] for r in depth]
+  all_acc += [p for p in paper_lin if p is not None]
   lo, hi = 5 * np.floor(min(all_acc) / 5), 5 * np.ceil(max(all_acc) / 5 + 0.01)
 
   def panel(index, title, xs, series, xlabels, dashed=()):
@@ -300,7 +318,7 @@ def plot(report: dict, path: str) -> None:
     px = [left + (i + 0.5) * (right - left) / n for i in range(n)]
     for x, label in zip(px, xlabels):
       draw.text((x - 3 * len(label), bottom + 6), label, fill="black", font=font)
-    for k, (name, values) in enumerate(series.items()):
+    for name, values in series.items():
       pts = [(x, bottom - (v - lo) / (hi - lo) * (bottom - top)) for x, v in zip(px, values)
              if v is not None]
       colour = colours[name]
@@ -313,25 +331,28 @@ def plot(report: dict, path: str) -> None:
         draw.line(pts, fill=colour, width=2)
       for x, y in pts:
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-      draw.text((left + 6, top + 6 + 12 * k), ("- - " if name in dashed else "--- ") + name,
-                fill=colour, font=font)
 
   panel(0, "(a) mask ratio", [r["mask_ratio"] for r in mask],
         {"linear probe": [100 * r["linprobe_top1"] for r in mask],
          "fine-tune": [100 * r["finetune_top1"] for r in mask]},
         [f"{r['mask_ratio']:.2f}" for r in mask])
-  paper_lin = [PAPER_DECODER_DEPTH.get(r["decoder_depth"], (None, None))[1] for r in depth]
   series = {"linear probe": [100 * r["linprobe_top1"] for r in depth],
-            "fine-tune": [100 * r["finetune_top1"] for r in depth]}
-  if lo <= min(p for p in paper_lin if p) <= hi:
-    series["paper linear"] = paper_lin
-  panel(1, "(b) decoder depth (dashed: paper, ViT-L)", [r["decoder_depth"] for r in depth],
+            "fine-tune": [100 * r["finetune_top1"] for r in depth],
+            "paper linear": paper_lin}
+  panel(1, "(b) decoder depth", [r["decoder_depth"] for r in depth],
         series, [str(r["decoder_depth"]) for r in depth], dashed=("paper linear",))
   panel(2, "(c) norm-pix loss", [0, 1],
         {"linear probe": [100 * r["linprobe_top1"] for r in norm],
          "fine-tune": [100 * r["finetune_top1"] for r in norm]}, ["norm pix", "pixels"])
-  draw.text((10, H + 12), f"Fashion-MNIST top-1, {report['mode']} mode, {report['hardware']}, "
-            f"{report['date']}", fill="black", font=font)
+  x = 10
+  for text, colour in ((f"Fashion-MNIST top-1 ({report['mode']} mode, {report['hardware']}, "
+                        f"{report['date']}):", "black"),
+                       ("linear probe", colours["linear probe"]),
+                       ("fine-tune", colours["fine-tune"]),
+                       ("dashed: paper's linear probe (ViT-L/16, ImageNet-1k; fine-tune "
+                        "84.4-84.9 is off the scale)", colours["paper linear"])):
+    draw.text((x, H + 12), text, fill=colour, font=font)
+    x += int(draw.textlength(text, font=font)) + 12
   image.save(path)
 
 
@@ -348,7 +369,11 @@ def main(argv=None):
                       help="grain threads per input pipeline (default 0 quick, 8 full)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--hardware", default="", help="text for the report, e.g. '1x H100'")
+  parser.add_argument("--render_only", action="store_true",
+                      help="re-write the .md and .png from the .json in --out, no runs")
   args = parser.parse_args(argv)
+  if args.render_only:
+    return write_report(json.load(open(os.path.join(args.out, "paper_trends.json"))), args.out)
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from mae_jax.commands import common
@@ -384,14 +409,19 @@ def main(argv=None):
                 paper=dict(decoder_depth={str(k): dict(finetune=v[0], linear=v[1])
                                           for k, v in PAPER_DECODER_DEPTH.items()},
                            mask_ratio=PAPER_MASK_NOTE, norm_pix=PAPER_NORM_PIX_NOTE))
-  report["verdicts"] = trend_verdicts(results, mode)
+  write_report(report, args.out)
+
+
+def write_report(report: dict, out: str) -> None:
+  """``paper_trends.{json,md,png}`` in ``out``; verdicts are (re)computed from results."""
+  report["verdicts"] = trend_verdicts(report["results"], report["mode_settings"])
   report["summary"] = summary(report["verdicts"])
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "paper_trends.json"), "w") as f:
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "paper_trends.json"), "w") as f:
     json.dump(report, f, indent=2)
-  with open(os.path.join(args.out, "paper_trends.md"), "w") as f:
+  with open(os.path.join(out, "paper_trends.md"), "w") as f:
     f.write(markdown(report))
-  plot(report, os.path.join(args.out, "paper_trends.png"))
+  plot(report, os.path.join(out, "paper_trends.png"))
   print(json.dumps({"total_minutes": report["total_minutes"], **report["verdicts"]}))
 
 
