@@ -96,6 +96,17 @@ class Checkpointer:
       data_iterator.set_state(data_state)
     return restored["state"]
 
+  def restore_latest(self, state, data_iterator=None):
+    """``(state, step)``: the latest checkpoint laid out like ``state``, or ``(state, 0)``."""
+    step = self.latest_step() or 0
+    if not step:
+      return state, 0
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=a.sharding), state)
+    state = self.restore(step, abstract, data_iterator)
+    logging.info("resumed from step %d in %s", step, self.directory)
+    return state, step
+
   def wait(self):
     self.manager.wait_until_finished()
 

@@ -498,13 +498,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ restore / init_from
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
                                config.checkpoint.keep, config.checkpoint.async_save)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                           sharding=a.sharding), state)
-    state = ckpt.restore(start_step, abstract, data_iter)
-    logging.info("resumed from step %d in %s", start_step, ckpt.directory)
-  else:
+  state, start_step = ckpt.restore_latest(state, data_iter)
+  if not start_step:
     params, _ = initial_params(config, state, model.grid)
     state = state.replace(params=params)
     if ema_decay:
