@@ -1,8 +1,8 @@
 """Do the MAE paper's ablation trends show up on Fashion-MNIST with a small ViT?
 
 Sweeps, each point pretrained with the same budget and then evaluated with the
-library's own trainers (``mae_jax.train.linprobe`` and a shorter
-``mae_jax.train.finetune``), in this process:
+library's own trainers (the ``linprobe`` and a shorter ``finetune`` configuration
+of ``mae_jax.train.classifier``), in this process:
 
   (a) mask ratio      {0.25, 0.5, 0.75, 0.9}          (paper Fig. 5: best near 75%)
   (b) decoder depth   {1, 2, 4, 8}                    (paper Table 1a)
@@ -91,7 +91,7 @@ def _common(config, mode, steps, threads):
 
 
 def run_point(point: dict, mode: dict, workdir: str, threads: int, seed: int) -> dict:
-  from mae_jax.train import finetune, linprobe, pretrain
+  from mae_jax.train import classifier, pretrain
   m = mode["model"]
   encoder = {k: m[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
   t0 = time.time()
@@ -114,7 +114,7 @@ def run_point(point: dict, mode: dict, workdir: str, threads: int, seed: int) ->
   config.init_from = pre_dir
   config.data.eval_max_examples = mode["eval_examples"]
   config.seed = seed
-  probe = linprobe.train_and_evaluate(config, os.path.join(workdir, "linprobe"))
+  probe = classifier.train_and_evaluate(config, os.path.join(workdir, "linprobe"))
   t2 = time.time()
 
   config = _common(load_config("finetune_fmnist"), mode, mode["finetune_steps"], threads)
@@ -122,7 +122,7 @@ def run_point(point: dict, mode: dict, workdir: str, threads: int, seed: int) ->
   config.init_from = pre_dir
   config.data.eval_max_examples = mode["eval_examples"]
   config.seed = seed
-  tuned = finetune.train_and_evaluate(config, os.path.join(workdir, "finetune"))
+  tuned = classifier.train_and_evaluate(config, os.path.join(workdir, "finetune"))
   t3 = time.time()
   return dict(point, pretrain_loss=float(np.mean(losses[-1:])), linprobe_top1=probe["top1"],
               finetune_top1=tuned["top1"], seconds=dict(pretrain=round(t1 - t0, 1),

@@ -11,12 +11,11 @@ what the encoder gives without them, add ``--config.data.augment.mixup=0
 --config.data.augment.cutmix=0``.
 """
 from mae_jax import config_lib
-from mae_jax.train import finetune
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=600, variant="tiny/4")
-  c = finetune.default_config(arg.variant)
+  c = config_lib.finetune_defaults(arg.variant)
   c.num_classes = 10
   c.model.update(drop_path=0.1)
   c.data.update(name="fashion_mnist", source="auto", split="train", eval_split="test",

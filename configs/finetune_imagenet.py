@@ -12,7 +12,6 @@ MAE (pretrained 1600 epochs) after this recipe:
   ViT-B/16 83.6, ViT-L/16 85.9, ViT-H/14 86.9 (ImageNet-1k val, 224 px).
 """
 from mae_jax import config_lib
-from mae_jax.train import finetune
 
 # variant: (blr, layer_decay, drop_path, epochs, reference top-1)
 RECIPES = {
@@ -29,7 +28,7 @@ def get_config(arg=None):
     raise ConfigError(f"variant {arg.variant!r} has no official recipe; choose one of "
                       f"{', '.join(RECIPES)}.")
   blr, layer_decay, drop_path, epochs, _ = RECIPES[arg.variant]
-  c = finetune.default_config(arg.variant)
+  c = config_lib.finetune_defaults(arg.variant)
   c.model.update(drop_path=drop_path, dtype="bfloat16")
   c.optim.update(base_lr=blr, layer_decay=layer_decay, warmup_epochs=5, min_lr=1e-6)
   c.batch_size = 1024

@@ -16,12 +16,11 @@ batch 256, changed for a run of a few hundred steps instead of ~7,000:
   about 8 points of top-1 here).
 """
 from mae_jax import config_lib
-from mae_jax.train import linprobe
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=600, variant="tiny/4")
-  c = linprobe.default_config(arg.variant)
+  c = config_lib.linprobe_defaults(arg.variant)
   c.num_classes = 10
   c.data.update(name="fashion_mnist", source="auto", split="train", eval_split="test",
                 image_size=28, channels=1, num_threads=0)

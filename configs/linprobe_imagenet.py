@@ -11,7 +11,6 @@ RandomResizedCrop + flip only. Reference top-1 of the released MAE encoders:
   ViT-B/16 68.0, ViT-L/16 75.8, ViT-H/14 76.6 (ImageNet-1k val, 224 px).
 """
 from mae_jax import config_lib
-from mae_jax.train import linprobe
 
 # variant: (epochs, reference top-1)
 RECIPES = {"B/16": (90, 68.0), "L/16": (50, 75.8), "H/14": (50, 76.6)}
@@ -24,7 +23,7 @@ def get_config(arg=None):
     raise ConfigError(f"variant {arg.variant!r} has no official recipe; choose one of "
                       f"{', '.join(RECIPES)}.")
   epochs, _ = RECIPES[arg.variant]
-  c = linprobe.default_config(arg.variant)
+  c = config_lib.linprobe_defaults(arg.variant)
   c.model.dtype = "bfloat16"
   c.batch_size = 16384
   c.num_epochs = epochs

@@ -65,6 +65,61 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   return c
 
 
+def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
+  """Every key ``mae-jax finetune`` reads, with the official recipe's values (ViT-B).
+
+  ``task`` picks the classifier recipe (``mae_jax.train.classifier``).
+  """
+  dims = registry.variant_dims(variant)
+  c = ml_collections.ConfigDict()
+  c.task = "finetune"
+  c.init_from = ""               # pretrain / imported / classifier workdir (or checkpoint dir)
+  c.num_classes = 1000
+  c.model = ml_collections.ConfigDict(dict(
+      name=variant, patch_size=dims["patch_size"], embed_dim=dims["embed_dim"],
+      depth=dims["depth"], num_heads=dims["num_heads"], mlp_ratio=dims["mlp_ratio"],
+      pool="avg", drop_path=0.1, head_init_std=2e-5, dtype="float32",
+      param_dtype="float32", attention="xla", remat="none"))
+  c.data = ml_collections.ConfigDict(dict(
+      name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
+      split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),
+      num_threads=8, eval_crop_pct=0.875, eval_max_examples=0,
+      augment=dict(rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3), hflip=True,
+                   rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel",
+                   mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+                   label_smoothing=0.1)))
+  c.batch_size = 1024
+  c.eval_batch_size = 0          # 0: batch_size
+  c.num_train_steps = 0          # > 0 wins over num_epochs
+  c.num_epochs = 100
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=5e-4, min_lr=1e-6, warmup_epochs=5, warmup_steps=0, weight_decay=0.05,
+      b1=0.9, b2=0.999, layer_decay=0.65, clip_grad_norm=0.0, grad_accum_steps=1))
+  c.ema = ml_collections.ConfigDict(dict(enabled=False, decay=0.9999))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
+  c.log_every_steps = 50
+  c.eval_every_steps = 0         # 0: once per epoch (and at the end)
+  c.seed = 0
+  return c
+
+
+def linprobe_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
+  """Every key ``mae-jax linprobe`` reads, with the official recipe's values (ViT-B)."""
+  c = finetune_defaults(variant)
+  c.task = "linprobe"
+  c.model.update(pool="cls", drop_path=0.0, head_init_std=0.01)
+  c.data.augment = ml_collections.ConfigDict(dict(rrc_scale=(0.08, 1.0),
+                                                  rrc_ratio=(3 / 4, 4 / 3), hflip=True))
+  c.batch_size = 16384
+  c.num_epochs = 90
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=0.1, min_lr=0.0, warmup_epochs=10, warmup_steps=0, weight_decay=0.0,
+      momentum=0.9, trust_coefficient=0.001, grad_accum_steps=1))
+  del c.ema
+  return c
+
+
 def steps_per_epoch(config) -> int:
   from mae_jax.data.sources import open_source
   return max(1, len(open_source(config.data, config.data.split)) // config.batch_size)

@@ -35,6 +35,18 @@ def tiny_overrides(config, steps: int = 8, batch: int = 32):
   return config
 
 
+def tiny_classifier(name: str, steps: int = 4, batch: int = 32, init_from: str = ""):
+  """``configs/<name>_fmnist.py`` (finetune / linprobe) shrunk to seconds on a CPU."""
+  config = load_config(f"{name}_fmnist", f"steps={steps}")
+  config.model.update(embed_dim=32, depth=1, num_heads=2, patch_size=7)
+  config.batch_size = batch
+  config.data.eval_max_examples = 64
+  config.log_every_steps = 1
+  config.checkpoint.update(every_steps=steps, keep=1, async_save=False)
+  config.init_from = init_from
+  return config
+
+
 TINY_FLAGS = [
     "--config.model.embed_dim=32", "--config.model.depth=1", "--config.model.num_heads=2",
     "--config.model.decoder_embed_dim=32", "--config.model.decoder_depth=1",

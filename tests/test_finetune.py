@@ -12,6 +12,8 @@ from flax import traverse_util
 
 from conftest import load_config, tiny_overrides
 from mae_jax.errors import CheckpointError, ConfigError
+from mae_jax.models import load as load_lib
+from mae_jax.train import classifier
 
 from test_linprobe import PRETRAIN_DIMS, pretrained_mae
 
@@ -62,9 +64,8 @@ def torch_ndim(path: str, shape) -> int:
 
 
 def _classifier(config, **overrides):
-  from mae_jax.train import finetune
   config.model.update(**overrides)
-  return finetune.build_classifier(config)
+  return classifier.build_classifier(config)
 
 
 def _abstract_params(model, size=28, channels=1):
@@ -138,22 +139,20 @@ def _mae_workdir(tmp_path, **model):
 
 def _initialised(model, size=28):
   from mae_jax.parallel import mesh as mesh_lib
-  from mae_jax.train import finetune
   mesh = mesh_lib.make_mesh(dict(data=-1, fsdp=1, model=1))
-  state, _ = finetune.create_state(model, lambda p: {}, mesh, (1, size, size, 1))
+  state, _ = classifier.create_state(model, lambda p: {}, mesh, (1, size, size, 1))
   return state
 
 
 def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, caplog):
   from mae_jax.models.pos_embed import resize_table, sincos_2d
-  from mae_jax.train import finetune
   dims = dict(embed_dim=32, depth=2, num_heads=2, patch_size=7)
   workdir, mae, mae_params = _mae_workdir(tmp_path, **dims)
   config = load_config("linprobe_fmnist")
   model = _classifier(config, **dims)      # pool="cls": uses the encoder's norm too
   state = _initialised(model)
   with caplog.at_level(logging.INFO):
-    tensors, report = finetune.load_pretrained(workdir, state.params, model.grid)
+    tensors, report = load_lib.load_pretrained(workdir, state.params, model.grid)
   encoder = ["patch_embed", "cls_token", "blocks_0", "blocks_1", "norm"]
   assert {k.split("/")[0] for k in report["loaded"]} == set(encoder + ["pos_embed"])
   assert {k.split("/")[0] for k in report["fresh"]} == {"head"}
@@ -166,7 +165,7 @@ def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, 
       np.testing.assert_array_equal(value, flat_mae[name])
   np.testing.assert_allclose(tensors["pos_embed"][0], sincos_2d(32, 4, cls_token=True))
   # loaded, the classifier's features are the MAE encoder's (cls token after norm)
-  params = finetune.place(tensors, state.params)
+  params = load_lib.place(tensors, state.params)
   images = jnp.asarray(np.random.default_rng(0).normal(size=(3, 28, 28, 1)), jnp.float32)
   ours = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                      method=model.features)
@@ -177,7 +176,7 @@ def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, 
   config = load_config("finetune_fmnist")
   config.data.image_size = 56
   big = _classifier(config, **dims)
-  tensors, report = finetune.load_pretrained(workdir, _abstract_params(big, 56), big.grid)
+  tensors, report = load_lib.load_pretrained(workdir, _abstract_params(big, 56), big.grid)
   assert tensors["pos_embed"].shape == (1, 1 + 64, 32)
   np.testing.assert_allclose(tensors["pos_embed"][0],
                              resize_table(sincos_2d(32, 4, cls_token=True), (8, 8)), atol=1e-6)
@@ -186,29 +185,28 @@ def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, 
 
 
 def test_incompatible_or_missing_init_from_is_a_clear_error(tmp_path):
-  from mae_jax.train import finetune
   workdir, _, _ = _mae_workdir(tmp_path, embed_dim=32, depth=1, num_heads=2, patch_size=7)
   config = load_config("finetune_fmnist")
   wide = _classifier(config, embed_dim=64, depth=1, num_heads=2, patch_size=7)
   with pytest.raises(CheckpointError) as e:
-    finetune.load_pretrained(workdir, _abstract_params(wide), wide.grid)
+    load_lib.load_pretrained(workdir, _abstract_params(wide), wide.grid)
   message = str(e.value)
   assert "blocks_0/attn/qkv/kernel: checkpoint [32, 3, 2, 16], model [64, 3, 2, 32]" in message
   assert "more shapes differ" in message and "embed_dim=32" in message
   deep = _classifier(load_config("finetune_fmnist"), embed_dim=32, depth=3, num_heads=2,
                      patch_size=7)
   with pytest.raises(CheckpointError, match="missing in the checkpoint: blocks_1, blocks_2"):
-    finetune.load_pretrained(workdir, _abstract_params(deep), deep.grid)
+    load_lib.load_pretrained(workdir, _abstract_params(deep), deep.grid)
   config = load_config("finetune_fmnist")
   config.init_from = str(tmp_path / "no_such_workdir")
   with pytest.raises(CheckpointError, match="does not exist"):
-    finetune.train_and_evaluate(config, str(tmp_path / "ft"))
+    classifier.train_and_evaluate(config, str(tmp_path / "ft"))
   config = load_config("finetune_fmnist")
   config.num_classes = 5
   with pytest.raises(ConfigError, match="has 10 classes but num_classes=5"):
-    finetune.train_and_evaluate(config, str(tmp_path / "ft"))
+    classifier.train_and_evaluate(config, str(tmp_path / "ft"))
   with pytest.raises(CheckpointError, match="not a mae_jax workdir"):
-    finetune.load_pretrained(str(tmp_path), _abstract_params(wide), wide.grid)
+    load_lib.load_pretrained(str(tmp_path), _abstract_params(wide), wide.grid)
 
 
 # ----------------------------------------------------------------- configs
@@ -238,7 +236,6 @@ def test_imagenet_configs_carry_the_official_recipes(variant, blr, decay, drop, 
 
 @pytest.fixture(scope="session")
 def finetuned(pretrained, tmp_path_factory):
-  from mae_jax.train import finetune
   config = load_config("finetune_fmnist", "steps=150")
   config.model.update(**PRETRAIN_DIMS)
   config.init_from = pretrained
@@ -246,7 +243,7 @@ def finetuned(pretrained, tmp_path_factory):
   config.ema.update(enabled=True, decay=0.99)
   config.checkpoint.async_save = False
   workdir = str(tmp_path_factory.mktemp("finetuned"))
-  return workdir, finetune.train_and_evaluate(config, workdir)
+  return workdir, classifier.train_and_evaluate(config, workdir)
 
 
 def test_finetune_beats_chance(finetuned):
@@ -260,13 +257,12 @@ def test_finetune_beats_chance(finetuned):
 
 
 def test_num_classes_mismatch_reinitialises_the_head(finetuned, caplog):
-  from mae_jax.train import finetune
   workdir, _ = finetuned
   config = load_config("finetune_fmnist")
   config.num_classes = 5
   model = _classifier(config, **PRETRAIN_DIMS)
   with caplog.at_level(logging.INFO):
-    tensors, report = finetune.load_pretrained(workdir, _abstract_params(model), model.grid)
+    tensors, report = load_lib.load_pretrained(workdir, _abstract_params(model), model.grid)
   assert {k.split("/")[0] for k in report["fresh"]} == {"head"}
   assert "fc_norm/scale" in tensors and "blocks_1/mlp/fc2/kernel" in tensors
   assert "head is for 10 classes, the model has num_classes=5" in caplog.text

@@ -129,13 +129,43 @@ def test_random_erasing_pixel_mode():
 def test_finetune_pipeline_is_deterministic(fmnist_available):
   from conftest import load_config
   config = load_config("finetune_fmnist")
-  a = next(fa.train_iterator(config.data, global_batch=8, seed=3))
-  b = next(fa.train_iterator(config.data, global_batch=8, seed=3))
-  c = next(fa.train_iterator(config.data, global_batch=8, seed=4))
+  from mae_jax.data import pipeline
+  it = lambda seed: pipeline.train_iterator(config.data, global_batch=8, seed=seed,
+                                            transform=fa.train_transform)
+  a, b, c = next(it(3)), next(it(3)), next(it(4))
   assert a["image"].shape == (8, 28, 28, 1) and a["image"].dtype == np.float32
   np.testing.assert_array_equal(a["image"], b["image"])
   assert not np.array_equal(a["image"], c["image"])
-  n, batches = fa.eval_batches(config.data, "test", global_batch=64, max_examples=100)
+  n, batches = pipeline.eval_batches(config.data, "test", global_batch=64, max_examples=100)
   got = list(batches())
   assert n == 2 and len(got) == 2
   assert got[1]["valid"].sum() == 36 and not got[1]["valid"][36:].any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_on_device_mixing_equals_the_numpy_reference(seed):
+  """The trainer mixes the global batch inside the jitted step from the host's draws;
+  it must equal the NumPy ``mixup_cutmix`` (timm's Mixup) for the same draws."""
+  import jax
+  from mae_jax.train import classifier
+  data = np.random.default_rng(100 + seed)
+  images = data.normal(size=(6, 12, 10, 3)).astype(np.float32)
+  labels = data.integers(0, 7, 6)
+  kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.9, switch_prob=0.5)
+  want_images, want_targets, info = fa.mixup_cutmix(
+      images, labels, np.random.default_rng(seed), num_classes=7, smoothing=0.1, **kw)
+  draw = fa.draw_mix(np.random.default_rng(seed), 12, 10, **kw)
+  assert draw == info
+  mix = jax.jit(lambda x, y, m: classifier.mix_batch(x, y, m, num_classes=7,
+                                                     smoothing=0.1))
+  got_images, got_targets = mix(images, labels, draw.as_vector())
+  np.testing.assert_allclose(got_images, want_images, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got_targets, want_targets, rtol=1e-6, atol=1e-7)
+
+
+def test_on_device_mixing_covers_mixup_cutmix_and_none():
+  kinds = set()
+  for seed in range(40):
+    info = fa.draw_mix(np.random.default_rng(seed), 12, 10, prob=0.7)
+    kinds.add("none" if info.lam == 1.0 else "cutmix" if info.box else "mixup")
+  assert kinds == {"none", "cutmix", "mixup"}

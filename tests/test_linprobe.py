@@ -53,26 +53,30 @@ def _bits(tree):
 
 def test_probe_step_leaves_encoder_bit_identical():
   from mae_jax.parallel import mesh as mesh_lib
-  from mae_jax.train import finetune, linprobe, optim
+  from mae_jax.parallel import sharding as sharding_lib
+  from mae_jax.train import classifier, optim
+  from mae_jax.train import step as step_lib
   config = probe_config("")
   config.model.update(embed_dim=32, depth=1, num_heads=2)
-  model = finetune.build_classifier(config, head_norm=True)
+  model = classifier.build_classifier(config, head_norm=True)
   mesh = mesh_lib.make_mesh(config.mesh)
   schedule = lambda step: 5.0
   tx = optim.lars(config.optim, schedule)
-  state, shardings = finetune.create_state(model, linprobe.head_only(tx.init), mesh,
-                                           (1, 28, 28, 1))
+  state, shardings = classifier.create_state(model, classifier.head_only(tx.init), mesh,
+                                             (1, 28, 28, 1))
   assert set(state.params) == {"patch_embed", "cls_token", "pos_embed", "blocks_0", "norm",
                                "head"}
   assert set(state.batch_stats["head_norm"]) == {"mean", "var"}
   before = _bits(state.params)
   stats_before = jax.device_get(state.batch_stats)
-  step = linprobe.make_train_step(model, tx, mesh, shardings, schedule)
+  step = step_lib.jit_step(classifier.linprobe_step_fn(model, tx, schedule), mesh, shardings,
+                           {"image": sharding_lib.batch_sharding(mesh),
+                            "label": sharding_lib.batch_sharding(mesh, 1)})
   rng = np.random.default_rng(0)
   for _ in range(3):
     images = jnp.asarray(rng.normal(size=(16, 28, 28, 1)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
-    state, metrics = step(state, images, labels)
+    state, metrics = step(state, {"image": images, "label": labels})
   after = _bits(state.params)
   for name in before:
     same = jax.tree.leaves(jax.tree.map(np.array_equal, before[name], after[name]))
@@ -110,9 +114,9 @@ def test_lars_is_optax_lars_at_constant_lr():
 
 def test_mae_probe_beats_random_encoder_and_chance(pretrained, tmp_path):
   from mae_jax.train import checkpoint as ckpt_lib
-  from mae_jax.train import finetune, linprobe
-  mae = linprobe.train_and_evaluate(probe_config(pretrained), str(tmp_path / "mae"))
-  random = linprobe.train_and_evaluate(probe_config(""), str(tmp_path / "random"))
+  from mae_jax.train import classifier
+  mae = classifier.train_and_evaluate(probe_config(pretrained), str(tmp_path / "mae"))
+  random = classifier.train_and_evaluate(probe_config(""), str(tmp_path / "random"))
   with open(tmp_path / "mae" / "eval.json") as f:
     saved = json.load(f)
   assert saved["top1"] == mae["top1"] and saved["step"] == 200
@@ -121,7 +125,8 @@ def test_mae_probe_beats_random_encoder_and_chance(pretrained, tmp_path):
   assert mae["top1"] > 0.5                     # chance is 0.1
   assert mae["top1"] > random["top1"] + 0.02   # same budget, same probe
   # the encoder in the probe's final checkpoint is the pretrained one, bit for bit
-  probe_params, _ = finetune._read_state_params(str(tmp_path / "mae"), None)
+  probe_params, _ = ckpt_lib.restore_params(
+      str(tmp_path / "mae"), None, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   mae_params = jax.device_get(ckpt_lib.load(pretrained).params)
   for name in ("patch_embed", "cls_token", "blocks_0", "blocks_1", "norm"):
     for a, b in zip(jax.tree.leaves(probe_params[name]), jax.tree.leaves(mae_params[name])):

@@ -44,8 +44,9 @@ def _launch(n, devices, args, tmp_path, timeout=300):
 
 
 def _metrics(workdir):
+  """The training rows of metrics.jsonl (evaluation rows have no loss)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    return [row for row in map(json.loads, f) if "loss" in row]
 
 
 @pytest.fixture
@@ -82,12 +83,54 @@ def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_availa
   assert len(glob.glob(str(multi / "tensorboard" / "events.*"))) == 3
   assert sorted(os.listdir(multi / "recon")) == ["step_0000004.png", "step_0000008.png",
                                                  "step_0000010.png"]
+  # a checkpoint written by 2 processes initialises a 1-process fine-tuning
+  tuned = tmp_path / "finetune_one_process"
+  run_cli(*_classifier("finetune", tuned, multi / "checkpoints" / "8"), env=eight, check=True)
+  with open(tuned / "eval.json") as f:
+    assert 0.0 <= json.load(f)["top1"] <= 1.0
+
   import mae_jax
   a, b = mae_jax.load(str(multi)), mae_jax.load(str(ref))
   assert a.step == b.step == 10
   import jax
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-2, atol=1e-4),
                a.params, b.params)
+
+
+def _classifier(task, workdir, init_from, *extra):
+  """The shipped Fashion-MNIST fine-tune / probe config on the tiny pretrained model,
+  4 steps; eval batch 500 (the config's), which 8 devices do not divide."""
+  return [task, f"--config=configs/{task}_fmnist.py:steps=4", f"--workdir={workdir}",
+          f"--config.init_from={init_from}", "--config.model.embed_dim=32",
+          "--config.model.depth=1", "--config.model.num_heads=2",
+          "--config.model.patch_size=7", "--config.batch_size=32",
+          "--config.log_every_steps=1", "--config.data.eval_max_examples=100",
+          "--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.mesh.model=1", *extra]
+
+
+@pytest.mark.parametrize("task", ["finetune", "linprobe"])
+def test_classifier_on_two_processes_equals_one_process(task, tmp_path, fmnist_available,
+                                                        compile_cache):
+  """init_from a 1-process pretraining; 2 processes x 4 devices train and evaluate
+  exactly like 1 process x 8 devices (the global batch, mixup/cutmix pairs and
+  drop-path draws do not depend on the process count)."""
+  eight = {"XLA_FLAGS": f"{FAST_XLA} --xla_force_host_platform_device_count=8"}
+  pretrained = tmp_path / "pretrained"
+  run_cli(*_pretrain(pretrained, 4), env=eight, check=True)
+  one, two = tmp_path / "one_process", tmp_path / "two_processes"
+  run_cli(*_classifier(task, one, pretrained), env=eight, check=True)
+  _launch(2, 4, _classifier(task, two, pretrained), tmp_path)
+  want, got = _metrics(one), _metrics(two)
+  assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
+  for key in ("loss", "grad_norm", "param_norm"):
+    np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-6,
+                               err_msg=key)
+  evals = []
+  for workdir in (one, two):
+    with open(workdir / "eval.json") as f:
+      evals.append(json.load(f))
+  assert evals[0]["num_examples"] == evals[1]["num_examples"] == 100
+  assert evals[0]["top1"] == evals[1]["top1"] and evals[0]["top5"] == evals[1]["top5"]
 
 
 @pytest.mark.parametrize("process_id,pattern", [

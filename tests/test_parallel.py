@@ -35,10 +35,10 @@ def _setup(config, devices, mesh_shape):
   import jax
   from mae_jax.models import registry
   from mae_jax.parallel import mesh as mesh_lib
-  from mae_jax.train import optim, pretrain, step as step_lib
+  from mae_jax.train import loop, optim, step as step_lib
   mesh = mesh_lib.make_mesh(dict(zip(mesh_lib.AXES, mesh_shape)), devices=devices)
   model = registry.build_mae(config)
-  num_steps, per_epoch = pretrain.total_steps(config)
+  num_steps, per_epoch = loop.total_steps(config)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, num_steps,
                                           per_epoch)
   tx = optim.adamw(config.optim, schedule)

@@ -79,11 +79,12 @@ def setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def config_command(trainer: str):
+def config_command(trainer: str, task: str | None = None):
   """Flags ``--config``/``--workdir`` and a ``main`` running ``trainer.train_and_evaluate``.
 
   For the trainers driven by a config file (pretrain, finetune, linprobe); call it
   at import time of the command module, which is the only command module loaded.
+  ``task``: the ``config.task`` the command runs (a classifier config says which).
   """
   from ml_collections import config_flags
   config = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -94,6 +95,11 @@ def config_command(trainer: str):
 
   def main(argv):
     del argv
+    if task is not None and config.value.get("task") != task:
+      found = config.value.get("task")
+      raise UserError(f"--config is {'a ' + found if found else 'not a classifier'} config, "
+                      f"not a {task} config; run `mae-jax {found or 'pretrain'}` with it, or "
+                      f"give a configs/{task}_*.py file.")
     setup_logging()
     init_distributed()
     import importlib

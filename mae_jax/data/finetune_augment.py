@@ -11,10 +11,13 @@ Per example, in the grain pipeline (PIL/NumPy, driven by the record's
   probability 0.25, one box of 2%-33% of the area, aspect 0.3-3.3, filled with
   N(0, 1) noise per pixel and channel).
 
-Per batch, on the host (``mixup_cutmix``): timm's ``Mixup`` in ``batch`` mode
-(one lambda per batch, the batch mixed with its reverse), mixup alpha 0.8 or
-cutmix alpha 1.0 switched with probability 0.5, the area-corrected lambda for
-cutmix, and label smoothing 0.1 in the soft targets.
+Per global batch: timm's ``Mixup`` in ``batch`` mode (one lambda per batch, the
+batch mixed with its reverse), mixup alpha 0.8 or cutmix alpha 1.0 switched with
+probability 0.5, the area-corrected lambda for cutmix, and label smoothing 0.1 in
+the soft targets. The draws (``draw_mix``) are made on the host from ``(seed,
+step)``, the same on every process; the mixing runs inside the jitted step on the
+global batch, so it does not depend on how the batch is split over processes.
+``mixup_cutmix`` is its NumPy reference.
 """
 from __future__ import annotations
 
@@ -22,12 +25,10 @@ import dataclasses
 import functools
 import math
 
-import grain
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from mae_jax.data import augment, pipeline
-from mae_jax.data.sources import open_source
+from mae_jax.data import augment
 from mae_jax.errors import ConfigError
 
 # ------------------------------------------------------------------ RandAugment
@@ -240,18 +241,21 @@ class MixInfo:
   cutmix: bool
   box: tuple[int, int, int, int] | None
 
+  def as_vector(self) -> np.ndarray:
+    """``[pixel lam, target lam, y0, y1, x0, x1]`` for the jitted step's mixing.
 
-def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
-                 num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-                 prob: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1):
-  """timm ``Mixup`` (mode ``batch``) on a host batch: ``(images, soft targets, info)``.
+    Pixels are ``where(in box, reversed, images * pixel_lam + reversed * (1 -
+    pixel_lam))``: mixup has an empty box, cutmix a pixel lam of 1.
+    """
+    y0, y1, x0, x1 = self.box or (0, 0, 0, 0)
+    return np.asarray([1.0 if self.cutmix else self.lam, self.lam, y0, y1, x0, x1],
+                      np.float32)
 
-  ``images`` ``[B, H, W, C]`` are mixed with ``images[::-1]``; targets are
-  ``lam * y + (1 - lam) * y[::-1]`` of label-smoothed one-hots, so rows sum to 1.
-  With both alphas 0 (or the ``prob`` draw failing) only smoothing applies.
-  """
-  if len(images) % 2:
-    raise ConfigError(f"mixup/cutmix needs an even per-process batch, got {len(images)}.")
+
+def draw_mix(rng: np.random.Generator, height: int, width: int, *, mixup_alpha: float = 0.8,
+             cutmix_alpha: float = 1.0, prob: float = 1.0,
+             switch_prob: float = 0.5) -> MixInfo:
+  """timm ``Mixup``'s draws for one batch (mode ``batch``): lambda, mode and box."""
   lam, use_cutmix, box = 1.0, False, None
   if (mixup_alpha > 0 or cutmix_alpha > 0) and rng.random() < prob:
     if mixup_alpha > 0 and cutmix_alpha > 0:
@@ -260,18 +264,36 @@ def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
       use_cutmix = cutmix_alpha > 0
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     lam = float(rng.beta(alpha, alpha))
+  if lam < 1.0 and use_cutmix:
+    box, lam = cutmix_box(rng, height, width, lam)
+  return MixInfo(lam=lam, cutmix=use_cutmix, box=box)
+
+
+def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
+                 num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+                 prob: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1):
+  """timm ``Mixup`` (mode ``batch``) on a host batch: ``(images, soft targets, info)``.
+
+  ``images`` ``[B, H, W, C]`` are mixed with ``images[::-1]``; targets are
+  ``lam * y + (1 - lam) * y[::-1]`` of label-smoothed one-hots, so rows sum to 1.
+  With both alphas 0 (or the ``prob`` draw failing) only smoothing applies. The
+  NumPy reference of the trainer's on-device mixing
+  (``mae_jax.train.classifier.mix_batch``), which takes the same ``draw_mix``.
+  """
+  if len(images) % 2:
+    raise ConfigError(f"mixup/cutmix needs an even batch, got {len(images)}.")
+  info = draw_mix(rng, images.shape[1], images.shape[2], mixup_alpha=mixup_alpha,
+                  cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob)
   out = images
-  if lam < 1.0:
-    if use_cutmix:
-      box, lam = cutmix_box(rng, images.shape[1], images.shape[2], lam)
-      y0, y1, x0, x1 = box
-      out = images.copy()
-      out[:, y0:y1, x0:x1] = images[::-1, y0:y1, x0:x1]
-    else:
-      out = (images * lam + images[::-1] * (1.0 - lam)).astype(images.dtype)
+  if info.box is not None:
+    y0, y1, x0, x1 = info.box
+    out = images.copy()
+    out[:, y0:y1, x0:x1] = images[::-1, y0:y1, x0:x1]
+  elif info.lam < 1.0:
+    out = (images * info.lam + images[::-1] * (1.0 - info.lam)).astype(images.dtype)
   y = smooth_one_hot(labels, num_classes, smoothing)
-  targets = (y * lam + y[::-1] * (1.0 - lam)).astype(np.float32)
-  return out, targets, MixInfo(lam=lam, cutmix=use_cutmix, box=box)
+  targets = (y * info.lam + y[::-1] * (1.0 - info.lam)).astype(np.float32)
+  return out, targets, info
 
 
 # ------------------------------------------------------------------ pipelines
@@ -291,75 +313,13 @@ def _finetune_transform(record: dict, rng: np.random.Generator, *, size, scale, 
   return {"image": image, "label": np.int32(record["label"])}
 
 
-def train_iterator(data_config, *, global_batch: int, seed: int, process_index: int = 0,
-                   process_count: int = 1):
-  """Checkpointable iterator of fine-tuning batches (before mixup), as
-  ``pipeline.train_iterator`` but with RandAugment and RandomErasing."""
-  source = open_source(data_config, data_config.split)
-  pipeline._check_channels(source, data_config.channels)
-  mean, std = pipeline._stats(source, data_config)
+def train_transform(data_config, mean, std):
+  """The fine-tuning record transform for ``pipeline.train_iterator``: RRC + flip,
+  RandAugment, normalisation, RandomErasing (mixup/cutmix come per batch)."""
   aug = data_config.augment
-  transform = functools.partial(
+  return functools.partial(
       _finetune_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
       ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
       mean=mean, std=std, rand_aug=parse_rand_augment(aug.rand_augment),
       fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob),
       remode=aug.remode)
-  per_process = pipeline.local_batch_size(global_batch, process_count)
-  ds = grain.MapDataset.source(pipeline._Indexed(source))
-  ds = ds.slice(slice(process_index, None, process_count))
-  ds = ds.seed(seed).shuffle().repeat().random_map(transform)
-  ds = ds.batch(per_process, drop_remainder=True, batch_fn=pipeline._stack)
-  threads = max(0, int(data_config.num_threads))
-  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))
-  return iter(ds.to_iter_dataset(options))
-
-
-def _eval_record(record: dict, *, size, channels, mean, std, crop_pct) -> dict:
-  image = augment.center_crop(record["image"], size, crop_pct)
-  image = augment.match_channels(image, channels)
-  return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"]),
-          "valid": np.bool_(True)}
-
-
-def eval_batches(data_config, split: str, *, global_batch: int, process_index: int = 0,
-                 process_count: int = 1, max_examples: int | None = None):
-  """``(number of batches, iterator factory)`` over a split, in order, padded.
-
-  Every process yields the same number of batches of ``global_batch //
-  process_count`` examples; padding rows have ``valid == False``. The split is
-  streamed (ImageNet's validation set does not fit in memory as floats).
-  """
-  source = open_source(data_config, split)
-  pipeline._check_channels(source, data_config.channels)
-  mean, std = pipeline._stats(source, data_config)
-  per_process = pipeline.local_batch_size(global_batch, process_count)
-  n = len(source) if not max_examples else min(int(max_examples), len(source))
-  num_batches = -(-(-(-n // process_count)) // per_process)
-  transform = functools.partial(_eval_record, size=data_config.image_size,
-                                channels=data_config.channels, mean=mean, std=std,
-                                crop_pct=float(data_config.get("eval_crop_pct", 0.875)))
-  threads = max(0, int(data_config.num_threads))
-  ds = grain.MapDataset.source(pipeline._Indexed(source))
-  ds = ds.slice(slice(process_index, n, process_count)).map(transform)
-
-  def iterate():
-    it = iter(ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))))
-    size, channels = data_config.image_size, data_config.channels
-    for _ in range(num_batches):
-      records = []
-      for record in it:
-        records.append(record)
-        if len(records) == per_process:
-          break
-      batch = {"image": np.zeros((per_process, size, size, channels), np.float32),
-               "label": np.zeros((per_process,), np.int32),
-               "valid": np.zeros((per_process,), np.bool_)}
-      if records:
-        stacked = pipeline._stack(records)
-        for k in batch:
-          batch[k][:len(records)] = stacked[k]
-      yield batch
-
-  return num_batches, iterate

@@ -16,6 +16,12 @@ devices hold (``rows``; by default the contiguous block ``process_index`` of
 ``jax.make_array_from_process_local_data``. So one process with 8 devices and
 two processes with 4 each train on the same images, and the iterator state (the
 number of global batches read) means the same in both.
+
+Every task reads through ``train_iterator``; what differs between tasks is the
+per-record augmentation, passed in as a transform factory (``train_transform`` for
+pretraining and the linear probe, ``finetune_augment.train_transform`` for
+fine-tuning). Evaluation batches (``eval_batches``) follow the same rule: global
+batch ``k`` is examples ``[k*B, (k+1)*B)`` of the split in order, padded.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from mae_jax.data.sources import open_source
 from mae_jax.errors import ConfigError, DataError
 
 
-def _stats(source, data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization_stats(source, data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
   mean = tuple(data_config.mean) if data_config.mean else tuple(source.mean)
   std = tuple(data_config.std) if data_config.std else tuple(source.std)
   channels = data_config.channels
@@ -41,7 +47,7 @@ def _stats(source, data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
   return mean, std
 
 
-def _check_channels(source, channels: int):
+def check_channels(source, channels: int):
   if channels not in (1, 3):
     raise ConfigError(f"data.channels must be 1 or 3, got {channels}.")
   if source.channels != channels and source.channels != 1:
@@ -59,7 +65,7 @@ def _read(source, index: int) -> dict:
     raise DataError(f"{source.name}: record {index} cannot be read or decoded: {e}") from None
 
 
-class _Indexed:
+class IndexedSource:
   """Adapts a source so that every read error names the record."""
 
   def __init__(self, source):
@@ -72,8 +78,8 @@ class _Indexed:
     return _read(self.source, index)
 
 
-def _train_transform(record: dict, rng: np.random.Generator, *, size, scale, ratio, hflip,
-                     channels, mean, std) -> dict:
+def _crop_flip_normalize(record: dict, rng: np.random.Generator, *, size, scale, ratio,
+                         hflip, channels, mean, std) -> dict:
   image = augment.random_resized_crop(record["image"], rng, size, scale, ratio)
   if hflip and rng.random() < 0.5:
     image = image[:, ::-1]
@@ -81,12 +87,22 @@ def _train_transform(record: dict, rng: np.random.Generator, *, size, scale, rat
   return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"])}
 
 
-def _eval_transform(record: dict, *, size, channels, mean, std) -> dict:
-  image = augment.match_channels(augment.center_crop(record["image"], size), channels)
+def train_transform(data_config, mean, std):
+  """RandomResizedCrop + flip + normalise: pretraining and the linear probe."""
+  aug = data_config.augment
+  return functools.partial(
+      _crop_flip_normalize, size=data_config.image_size, scale=tuple(aug.rrc_scale),
+      ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
+      mean=mean, std=std)
+
+
+def _eval_transform(record: dict, *, size, channels, mean, std, crop_pct=0.875) -> dict:
+  image = augment.center_crop(record["image"], size, crop_pct)
+  image = augment.match_channels(image, channels)
   return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"])}
 
 
-def _stack(records):
+def stack_records(records):
   return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
 
@@ -138,48 +154,94 @@ class _GlobalBatchRows(grain.MapDataset):
     return f"GlobalBatchRows(global_batch={self._global_batch}, rows={len(self._rows)})"
 
 
+def _checked_rows(rows, global_batch: int) -> tuple[int, ...]:
+  rows = tuple(int(r) for r in rows)
+  if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= global_batch:
+    raise ConfigError(f"rows must be distinct ascending indices in [0, {global_batch}), "
+                      f"got {len(rows)} rows from {rows[:1]} to {rows[-1:]}.")
+  return rows
+
+
+def open_checked(data_config, split: str):
+  """``(source, mean, std)`` of a split, with the channel count checked."""
+  source = open_source(data_config, split)
+  check_channels(source, data_config.channels)
+  mean, std = normalization_stats(source, data_config)
+  return source, mean, std
+
+
 def train_dataset(data_config, *, global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, split: str | None = None, rows=None):
+                  process_count: int = 1, split: str | None = None, rows=None,
+                  transform=train_transform):
   """Infinite, shuffled (reshuffled per epoch), augmented, batched ``MapDataset``.
 
   Returns ``(dataset, source)``; ``dataset[k]`` is this process's part of global
   batch ``k``: the rows ``rows`` (ascending indices into the global batch, e.g. from
   ``mae_jax.parallel.sharding.process_batch_rows``), by default
-  ``process_rows(global_batch, process_index, process_count)``.
+  ``process_rows(global_batch, process_index, process_count)``. ``transform``
+  is ``transform(data_config, mean, std) -> fn(record, rng) -> example``.
   """
-  source = open_source(data_config, split or data_config.split)
-  _check_channels(source, data_config.channels)
-  mean, std = _stats(source, data_config)
-  aug = data_config.augment
-  transform = functools.partial(
-      _train_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
-      ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
-      mean=mean, std=std)
+  source, mean, std = open_checked(data_config, split or data_config.split)
   if rows is None:
     rows = process_rows(global_batch, process_index, process_count)
-  rows = tuple(int(r) for r in rows)
-  if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= global_batch:
-    raise ConfigError(f"rows must be distinct ascending indices in [0, {global_batch}), "
-                      f"got {len(rows)} rows from {rows[:1]} to {rows[-1:]}.")
-  ds = grain.MapDataset.source(_Indexed(source))
+  rows = _checked_rows(rows, global_batch)
+  ds = grain.MapDataset.source(IndexedSource(source))
   if len(ds) < global_batch:
     raise DataError(f"{source.name} has {len(ds)} examples, fewer than one batch of "
                     f"{global_batch}.")
-  ds = ds.seed(seed).shuffle().repeat().random_map(transform)  # the global stream
+  # the global stream
+  ds = ds.seed(seed).shuffle().repeat().random_map(transform(data_config, mean, std))
   ds = _GlobalBatchRows(ds, global_batch, rows)
-  ds = ds.batch(len(rows), drop_remainder=True, batch_fn=_stack)
+  ds = ds.batch(len(rows), drop_remainder=True, batch_fn=stack_records)
   return ds, source
 
 
+def _read_options(data_config) -> grain.ReadOptions:
+  threads = max(0, int(data_config.num_threads))
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))
+
+
 def train_iterator(data_config, *, global_batch: int, seed: int, process_index: int = 0,
-                   process_count: int = 1, rows=None):
+                   process_count: int = 1, rows=None, transform=train_transform):
   """A checkpointable iterator (``get_state``/``set_state``) over ``train_dataset``."""
   ds, _ = train_dataset(data_config, global_batch=global_batch, seed=seed,
                         process_index=process_index, process_count=process_count,
-                        rows=rows)
-  threads = max(0, int(data_config.num_threads))
-  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads * 2, 1))
-  return iter(ds.to_iter_dataset(options))
+                        rows=rows, transform=transform)
+  return iter(ds.to_iter_dataset(_read_options(data_config)))
+
+
+def eval_batches(data_config, split: str, *, global_batch: int, rows=None,
+                 max_examples: int | None = None):
+  """``(number of batches, iterator factory)`` over a split, in order, padded.
+
+  Global batch ``k`` holds examples ``[k*B, (k+1)*B)`` (centre crop at
+  ``data.eval_crop_pct``); rows past the end of the split are zeros with
+  ``valid == False``. A process yields the ``rows`` of each global batch (all of
+  them by default), so every process yields the same number of batches and the
+  evaluated examples do not depend on the process count. Streamed: ImageNet's
+  validation set does not fit in memory as floats.
+  """
+  source, mean, std = open_checked(data_config, split)
+  rows = _checked_rows(range(global_batch) if rows is None else rows, global_batch)
+  n = len(source) if not max_examples else min(int(max_examples), len(source))
+  num_batches = -(-n // global_batch)
+  size, channels = data_config.image_size, data_config.channels
+  transform = functools.partial(_eval_transform, size=size, channels=channels, mean=mean,
+                                std=std, crop_pct=float(data_config.get("eval_crop_pct",
+                                                                        0.875)))
+  padding = {"image": np.zeros((size, size, channels), np.float32), "label": np.int32(0),
+             "valid": np.bool_(False)}
+
+  def example(i: int) -> dict:
+    batch, row = divmod(i, len(rows))
+    index = batch * global_batch + rows[row]
+    if index >= n:
+      return padding
+    return {**transform(_read(source, index)), "valid": np.bool_(True)}
+
+  ds = grain.MapDataset.range(num_batches * len(rows)).map(example)
+  ds = ds.batch(len(rows), batch_fn=stack_records)
+  return num_batches, lambda: iter(ds.to_iter_dataset(_read_options(data_config)))
 
 
 def eval_arrays(data_config, split: str, max_examples: int | None = None,
@@ -188,18 +250,16 @@ def eval_arrays(data_config, split: str, max_examples: int | None = None,
 
   Returns ``(images [N, H, W, C] float32 normalised, labels [N] int32)``.
   """
-  source = open_source(data_config, split)
-  _check_channels(source, data_config.channels)
-  mean, std = _stats(source, data_config)
+  source, mean, std = open_checked(data_config, split)
   n = len(source) if not max_examples else min(max_examples, len(source))
   indices = range(process_index, n, process_count)
   records = [_eval_transform(_read(source, i), size=data_config.image_size,
                              channels=data_config.channels, mean=mean, std=std)
              for i in indices]
-  batch = _stack(records)
+  batch = stack_records(records)
   return batch["image"], batch["label"]
 
 
 def normalization(data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """The mean/std the pipeline uses for this config (for un-normalising images)."""
-  return _stats(open_source(data_config, data_config.split), data_config)
+  return normalization_stats(open_source(data_config, data_config.split), data_config)

@@ -229,7 +229,7 @@ class VisionTransformer(nn.Module):
   * ``pos_embed`` ``[1, 1 + L, D]`` is a *learned* parameter, as in timm's ViT that
     the official fine-tuning uses. It starts as the fixed sin-cos table (cls row
     zero); loading a checkpoint sets it to the checkpoint's table, bicubically
-    resized when the image size differs (``mae_jax.train.finetune``).
+    resized when the image size differs (``mae_jax.models.load``).
   * ``pool="avg"`` (fine-tuning default): mean of the patch tokens (cls excluded)
     then ``fc_norm``; the encoder's ``norm`` is not used and not created.
     ``pool="cls"`` (linear-probe default): ``norm`` then the cls token.

@@ -5,7 +5,9 @@ every ``checkpoint.every_steps`` and on demand (end of run, preemption), the las
 ``checkpoint.keep`` kept. Orbax writes to a temporary directory and renames it
 when complete, so a crash mid-save never damages the last good checkpoint.
 Every saved leaf is a global ``jax.Array`` or a scalar; restoring onto another
-mesh reshards (the abstract state carries the target shardings).
+mesh reshards (the abstract state carries the target shardings). A task that
+evaluates (fine-tuning) also keeps its best checkpoint by ``keep_best`` (Orbax's
+``BestN`` beside ``LatestN``), whatever ``keep`` drops.
 """
 from __future__ import annotations
 
@@ -36,15 +38,27 @@ def _absolute(path: epath.Path) -> epath.Path:
 
 
 class Checkpointer:
-  """Thin wrapper over ``ocp.CheckpointManager`` with the items of a run."""
+  """Thin wrapper over ``ocp.CheckpointManager`` with the items of a run.
+
+  ``keep_best``: the name of a metric passed to ``save(..., metrics=)``; the
+  checkpoint with its highest value is kept besides the ``keep`` latest.
+  """
 
   def __init__(self, workdir: str, every_steps: int = 1000, keep: int = 3,
-               async_save: bool = True, with_data: bool = True):
+               async_save: bool = True, with_data: bool = True,
+               keep_best: str | None = None):
+    from orbax.checkpoint import checkpoint_managers
     self.directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
     if keep < 1:
       raise CheckpointError(f"checkpoint.keep={keep} must be >= 1.")
+    policy = checkpoint_managers.LatestN(n=int(keep))
+    if keep_best:
+      policy = checkpoint_managers.AnyPreservationPolicy([policy, checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[keep_best], n=1,
+          keep_checkpoints_without_metrics=False)])
+    self.keep_best = keep_best
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, int(every_steps)), max_to_keep=int(keep),
+        save_interval_steps=max(1, int(every_steps)), preservation_policy=policy,
         enable_async_checkpointing=bool(async_save), create=True)
     handlers = {"state": ocp.StandardCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
@@ -61,13 +75,19 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, config_dict: dict, data_iterator=None,
-           force: bool = False) -> bool:
+           force: bool = False, metrics: dict | None = None) -> bool:
     items = {"state": ocp.args.StandardSave(state),
              "config": ocp.args.JsonSave(config_dict)}
     if data_iterator is not None and self.with_data:
       import grain
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force,
+                             metrics=metrics)
+
+  def best_step(self) -> int | None:
+    """The kept step with the best ``keep_best`` metric (``None`` without metrics)."""
+    best = self.manager.best_step() if self.keep_best else None
+    return None if best is None else int(best)
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """State at ``step`` laid out as ``abstract_state``; the iterator is restored in place."""
@@ -82,19 +102,48 @@ class Checkpointer:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       else:  # saved by a run with another number of processes
         data_state = _shared_data_state(step_dir / "data")
+    self._check_layout(step, abstract_state)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore raise many types for a damaged step
-      others = [s for s in self.all_steps() if s != step]
-      hint = (f"delete {step_dir} to resume from step {max(others)}" if others
-              else "start a new workdir")
       raise CheckpointError(
-          f"checkpoint {step_dir} cannot be read ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is truncated, corrupt or "
-          f"from another model. {hint[0].upper() + hint[1:]}.") from None
+          f"checkpoint {step_dir} cannot be read ({_first_line(e)}); its files are "
+          f"truncated or damaged. {self._without(step)}") from None
     if data_state is not None:
       data_iterator.set_state(data_state)
     return restored["state"]
+
+  def _without(self, step: int) -> str:
+    others = [s for s in self.all_steps() if s != step]
+    return (f"Delete {self.directory / str(step)} to resume from step {max(others)}."
+            if others else "Start a new workdir.")
+
+  def _check_layout(self, step: int, abstract_state) -> None:
+    """Says what differs when the checkpoint holds another model (not corruption)."""
+    try:
+      meta = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # the metadata files themselves are unreadable
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)}); its "
+          f"files are truncated or damaged. {self._without(step)}") from None
+    saved = _flat_shapes(getattr(meta, "tree", meta))
+    wanted = _flat_shapes(abstract_state)
+    if saved is None or wanted is None:
+      return
+    missing = [k for k in wanted if k not in saved]
+    extra = [k for k in saved if k not in wanted]
+    shapes = [f"{k}: checkpoint {list(saved[k][0])} {saved[k][1]}, run "
+              f"{list(wanted[k][0])} {wanted[k][1]}" for k in wanted
+              if k in saved and saved[k] != wanted[k]]
+    if missing or extra or shapes:
+      details = shapes[:4] + ([f"missing in the checkpoint: {', '.join(missing[:4])}"]
+                              if missing else []) + (
+          [f"not in this run: {', '.join(extra[:4])}"] if extra else [])
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} holds another model or optimizer than "
+          f"this run's config ({'; '.join(details)}). The checkpoint is intact: run with the "
+          f"config it was written with ({self.directory.parent / CONFIG_FILE}), or use a new "
+          "workdir.")
 
   def restore_latest(self, state, data_iterator=None):
     """``(state, step)``: the latest checkpoint laid out like ``state``, or ``(state, 0)``."""
@@ -113,6 +162,22 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).splitlines()[0][:200] if str(e) else ""
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _flat_shapes(tree) -> dict | None:
+  """``{"a/b": (shape, dtype)}`` of a state or its metadata (``None`` if unknown)."""
+  try:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"):
+            (tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)))
+            for path, leaf in flat}
+  except (AttributeError, TypeError):
+    return None
 
 
 def _shared_data_state(data_dir: epath.Path) -> dict:
@@ -163,7 +228,7 @@ class Loaded:
   workdir: str
 
 
-def _resolve(path: str) -> tuple[str, int | None]:
+def resolve(path: str) -> tuple[str, int | None]:
   """Workdir and step from a workdir or a ``W/checkpoints/<step>`` directory."""
   p = epath.Path(path)
   if not p.exists():
@@ -190,10 +255,50 @@ def abstract_train_state(config, model, mesh=None, seed: int = 0):
   return abstract, tx
 
 
-def load(path: str, step: int | None = None) -> Loaded:
-  """Loads the latest (or given) checkpoint of a workdir onto one device."""
+def restore_params(workdir: str, step: int | None, sharding) -> tuple[Any, int]:
+  """Only the ``params`` of a workdir's checkpoint, as NumPy, laid out by ``sharding``.
+
+  The optimizer state is not read. Every process of a multi-process run calls
+  this with a sharding over the run's devices (e.g. replicated over its mesh), so
+  any process count can read a checkpoint written with any other.
+  """
+  directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                                      create=False),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler(), "data": _grain_handler()})
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"{workdir} has no finished checkpoint under {CHECKPOINT_DIR}/.")
+    try:
+      meta = manager.item_metadata(step)["state"]
+      tree = getattr(meta, "tree", meta)["params"]
+      params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                           sharding=sharding), tree)
+      args = ocp.args.PyTreeRestore(
+          item={"params": params}, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args({"params": params}))
+      restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except CheckpointError:
+      raise
+    except Exception as e:
+      raise CheckpointError(f"the params of {directory / str(step)} cannot be read "
+                            f"({_first_line(e)}); its files are truncated or damaged.") from None
+  finally:
+    manager.close()
+  return jax.device_get(restored["params"]), int(step)
+
+
+def load(path: str, step: int | None = None, mesh=None) -> Loaded:
+  """Loads the latest (or given) checkpoint of a workdir.
+
+  Onto one device in a single-process run; replicated over all devices (``mesh``
+  by default: every device on the data axis) when there are several processes.
+  """
   from mae_jax.models import registry
-  workdir, path_step = _resolve(path)
+  workdir, path_step = resolve(path)
   step = step if step is not None else path_step
   config = read_config(workdir)
   model = registry.build_mae(config)
@@ -202,7 +307,10 @@ def load(path: str, step: int | None = None) -> Loaded:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{workdir} has no finished checkpoint under {CHECKPOINT_DIR}/.")
-    abstract, _ = abstract_train_state(config, model)
+    if mesh is None and jax.process_count() > 1:
+      from mae_jax.parallel import mesh as mesh_lib
+      mesh = mesh_lib.make_mesh(dict(data=-1, fsdp=1, model=1))
+    abstract, _ = abstract_train_state(config, model, mesh)
     state = ckpt.restore(step, abstract)
   finally:
     ckpt.close()

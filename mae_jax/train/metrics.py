@@ -1,6 +1,8 @@
 """Metrics out of a run: ``W/metrics.jsonl``, TensorBoard, and a progress line.
 
-Only process 0 writes (``enabled=False`` elsewhere).
+Only process 0 writes (``enabled=False`` elsewhere). A resumed run first drops the
+rows of steps past the checkpoint it resumed from (they are computed again), so
+``metrics.jsonl`` holds each step once.
 """
 from __future__ import annotations
 
@@ -13,14 +15,32 @@ import time
 import numpy as np
 
 
+def _rows_up_to(path: str, step: int) -> list[str]:
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue  # a torn last line of a killed run
+  return kept
+
+
 class MetricWriter:
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._workdir = workdir
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None and os.path.exists(path):
+        kept = _rows_up_to(path, resume_step)
+        with open(path + ".tmp", "w") as f:
+          f.writelines(kept)
+        os.replace(path + ".tmp", path)
+      self._jsonl = open(path, "a", buffering=1)
 
   def _tensorboard(self):
     if self._tb is None:

@@ -1,9 +1,17 @@
-"""Optimizers and schedules (optax): the official MAE AdamW recipe.
+"""Optimizers and schedules (optax): the official MAE recipes.
 
-lr = base_lr * batch_size / 256, linear warmup from 0, then cosine to ``min_lr``,
-evaluated per step. Weight decay on every weight with more than one dimension,
-none on biases and norms (``timm.optim.param_groups_weight_decay``); the fixed
-position tables are constants of the model, not parameters.
+lr = base_lr * effective batch / 256 with effective batch = batch_size *
+grad_accum_steps (global), linear warmup from 0, then cosine to ``min_lr``.
+Every step count of a config (``num_train_steps``, ``warmup_steps``, checkpoint
+and log intervals) counts micro-batches, the iterations of the official code's
+data loop. With ``grad_accum_steps = k`` the optimizer updates every k
+micro-batches (``optax.MultiSteps``, gradients averaged) and update ``u`` uses the
+official ``util/lr_sched.py`` value at micro-batch ``u * k``, the one where the
+official loop sets the lr for that accumulation window.
+
+Weight decay on every weight with more than one dimension, none on biases and
+norms (``timm.optim.param_groups_weight_decay``); the fixed position tables are
+constants of the model, not parameters.
 """
 from __future__ import annotations
 
@@ -14,30 +22,104 @@ import optax
 from mae_jax.errors import ConfigError
 
 
+def accumulation_steps(optim_config) -> int:
+  """``optim.grad_accum_steps`` (micro-batches per optimizer update), checked."""
+  accum = int(optim_config.get("grad_accum_steps", 1))
+  if accum < 1:
+    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
+  return accum
+
+
 def peak_lr(optim_config, batch_size: int) -> float:
-  return optim_config.base_lr * batch_size / 256
+  """``base_lr * batch_size * grad_accum_steps / 256`` (the official effective batch)."""
+  return optim_config.base_lr * batch_size * accumulation_steps(optim_config) / 256
 
 
 def warmup_steps(optim_config, steps_per_epoch: int) -> int:
+  """Warmup length in micro-batches."""
   if optim_config.warmup_steps:
     return int(optim_config.warmup_steps)
   return int(round(optim_config.warmup_epochs * steps_per_epoch))
 
 
-def learning_rate_schedule(optim_config, batch_size: int, total_steps: int,
-                           steps_per_epoch: int = 1) -> optax.Schedule:
+def check_run_length(optim_config, total_steps: int, steps_per_epoch: int,
+                     uses_epochs: bool) -> None:
+  """Refuses a run (or an epoch) that ``grad_accum_steps`` does not divide."""
+  accum = accumulation_steps(optim_config)
+  if uses_epochs and steps_per_epoch % accum:
+    raise ConfigError(f"an epoch has {steps_per_epoch} micro-batches, which "
+                      f"optim.grad_accum_steps={accum} does not divide; change batch_size "
+                      "or grad_accum_steps, or set num_train_steps and warmup_steps.")
+  if total_steps % accum:
+    raise ConfigError(f"the run has {total_steps} micro-batches, which "
+                      f"optim.grad_accum_steps={accum} does not divide; choose "
+                      f"num_train_steps as a multiple of {accum}.")
+
+
+def micro_batch_schedule(optim_config, batch_size: int, total_steps: int,
+                         steps_per_epoch: int = 1) -> optax.Schedule:
+  """The official lr as a function of the micro-batch index (fractional epochs)."""
   warmup = warmup_steps(optim_config, steps_per_epoch)
   if total_steps <= 0:
     raise ConfigError(f"the run has {total_steps} steps; set num_train_steps or num_epochs.")
   if warmup > total_steps:
     raise ConfigError(f"warmup ({warmup} steps) is longer than the run ({total_steps} "
                       "steps); lower optim.warmup_steps/warmup_epochs.")
+  if not optim_config.base_lr > 0:
+    raise ConfigError(f"optim.base_lr={optim_config.base_lr} must be positive.")
+  if optim_config.min_lr < 0:
+    raise ConfigError(f"optim.min_lr={optim_config.min_lr} must be >= 0.")
   peak = peak_lr(optim_config, batch_size)
   if optim_config.min_lr > peak:
     raise ConfigError(f"optim.min_lr={optim_config.min_lr} exceeds the peak lr {peak}.")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=optim_config.min_lr)
+
+
+def learning_rate_schedule(optim_config, batch_size: int, total_steps: int,
+                           steps_per_epoch: int = 1) -> optax.Schedule:
+  """The schedule the optimizer consumes: indexed by optimizer update.
+
+  Update ``u`` gets the micro-batch schedule at ``u * grad_accum_steps``; with no
+  accumulation the two are the same function.
+  """
+  micro = micro_batch_schedule(optim_config, batch_size, total_steps, steps_per_epoch)
+  accum = accumulation_steps(optim_config)
+  return micro if accum == 1 else (lambda update: micro(update * accum))
+
+
+def applied_lr(schedule: optax.Schedule, optim_config):
+  """``lr(micro_step)``: the lr the update of this micro-batch's window applies."""
+  accum = accumulation_steps(optim_config)
+  return lambda step: schedule(step // accum)
+
+
+def accumulate(tx: optax.GradientTransformation, optim_config
+               ) -> optax.GradientTransformation:
+  """``tx`` updating once every ``grad_accum_steps`` micro-batches (mean gradient)."""
+  accum = accumulation_steps(optim_config)
+  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
+
+
+def did_update(opt_state) -> jax.Array | bool:
+  """Whether the step that produced ``opt_state`` changed the parameters."""
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.mini_step == 0
+  return True
+
+
+def _check_adam(optim_config) -> None:
+  for key in ("b1", "b2"):
+    if not 0.0 <= optim_config[key] < 1.0:
+      raise ConfigError(f"optim.{key}={optim_config[key]} must be in [0, 1).")
+  if optim_config.weight_decay < 0:
+    raise ConfigError(f"optim.weight_decay={optim_config.weight_decay} must be >= 0.")
+
+
+def _clip(optim_config) -> list:
+  clip = optim_config.get("clip_grad_norm", 0.0)
+  return [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
 
 
 def decay_mask(params):
@@ -49,28 +131,16 @@ def decay_mask(params):
 
 
 def adamw(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  for key in ("b1", "b2"):
-    if not 0.0 <= optim_config[key] < 1.0:
-      raise ConfigError(f"optim.{key}={optim_config[key]} must be in [0, 1).")
-  if optim_config.weight_decay < 0:
-    raise ConfigError(f"optim.weight_decay={optim_config.weight_decay} must be >= 0.")
+  _check_adam(optim_config)
   mu_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(
       optim_config.get("moments_dtype", "float32"))
   if mu_dtype is None:
     raise ConfigError("optim.moments_dtype must be float32 or bfloat16.")
-  parts = []
-  if optim_config.clip_grad_norm and optim_config.clip_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(optim_config.clip_grad_norm))
-  parts.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
-                           weight_decay=optim_config.weight_decay, mask=decay_mask,
-                           mu_dtype=mu_dtype))
-  tx = optax.chain(*parts)
-  accum = int(optim_config.get("grad_accum_steps", 1))
-  if accum < 1:
-    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
-  if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx
+  tx = optax.chain(*_clip(optim_config),
+                   optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
+                               weight_decay=optim_config.weight_decay, mask=decay_mask,
+                               mu_dtype=mu_dtype))
+  return accumulate(tx, optim_config)
 
 
 # --------------------------------------------------------------------- fine-tuning
@@ -130,26 +200,16 @@ def adamw_layer_decay(optim_config, schedule: optax.Schedule, depth: int
   layer_decay = float(optim_config.layer_decay)
   if not 0.0 < layer_decay <= 1.0:
     raise ConfigError(f"optim.layer_decay={layer_decay} must be in (0, 1].")
-  for key in ("b1", "b2"):
-    if not 0.0 <= optim_config[key] < 1.0:
-      raise ConfigError(f"optim.{key}={optim_config[key]} must be in [0, 1).")
-  if optim_config.weight_decay < 0:
-    raise ConfigError(f"optim.weight_decay={optim_config.weight_decay} must be >= 0.")
+  _check_adam(optim_config)
   groups = {f"layer_{i}": optax.scale(layer_decay ** (depth + 1 - i))
             for i in range(depth + 2)}
   labels = lambda params: jax.tree.map(lambda i: f"layer_{i}", layer_ids(params, depth))
-  parts = []
-  if optim_config.get("clip_grad_norm", 0.0) and optim_config.clip_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(optim_config.clip_grad_norm))
-  parts.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
-                           weight_decay=optim_config.weight_decay,
-                           mask=finetune_decay_mask))
-  parts.append(optax.multi_transform(groups, labels))
-  tx = optax.chain(*parts)
-  accum = int(optim_config.get("grad_accum_steps", 1))
-  if accum < 1:
-    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
-  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
+  tx = optax.chain(*_clip(optim_config),
+                   optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
+                               weight_decay=optim_config.weight_decay,
+                               mask=finetune_decay_mask),
+                   optax.multi_transform(groups, labels))
+  return accumulate(tx, optim_config)
 
 
 # --------------------------------------------------------------------- linear probe
@@ -177,8 +237,4 @@ def lars(optim_config, schedule: optax.Schedule) -> optax.GradientTransformation
                 trust_coefficient=optim_config.trust_coefficient, eps=0.0), matrices),
             optax.trace(decay=optim_config.momentum, nesterov=False),
             optax.scale_by_learning_rate(schedule)]
-  tx = optax.chain(*parts)
-  accum = int(optim_config.get("grad_accum_steps", 1))
-  if accum < 1:
-    raise ConfigError(f"optim.grad_accum_steps={accum} must be >= 1.")
-  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
+  return accumulate(optax.chain(*parts), optim_config)

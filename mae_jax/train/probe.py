@@ -1,7 +1,8 @@
 """A quick linear probe for the demo: multinomial logistic regression on frozen,
 mean-pooled encoder features (full batch, AdamW, standardised features).
 
-The official recipe (BatchNorm + LARS, cls token) lives in ``train/linprobe.py``;
+The official recipe (BatchNorm + LARS, cls token) is the ``linprobe`` task of
+``train/classifier.py``;
 this one is a fast yardstick to compare an MAE encoder with a random one.
 """
 from __future__ import annotations

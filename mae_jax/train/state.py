@@ -11,3 +11,12 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
+
+
+class ClassifierState(flax.struct.PyTreeNode):
+  """What a fine-tune / probe checkpoint holds; ``{}`` where a part is unused."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  batch_stats: Any    # BatchNorm statistics (linear probe)
+  ema: Any            # optax.EmaState whose ``ema`` is the weight average (fine-tuning)

@@ -1,9 +1,13 @@
-"""Sharded state creation and the jitted MAE train step.
+"""Sharded state creation and jitted train steps.
 
-This is the step the trainer runs and the benchmark times. It imports no
-TFDS/TensorFlow/ml_collections, so it runs on a bare JAX installation.
+``create_sharded`` and ``jit_step`` serve every task; ``create_train_state`` and
+``make_train_step`` are the MAE pretraining ones (the step the trainer runs and
+the benchmark times). This module imports no TFDS/TensorFlow/ml_collections, so
+it runs on a bare JAX installation.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -19,6 +23,38 @@ def init_rngs(seed: int) -> dict:
   return {"params": jax.random.fold_in(key, 0), "masking": jax.random.fold_in(key, 1)}
 
 
+def create_sharded(init: Callable[[], Any], mesh):
+  """``(state, shardings)``: ``init()`` run under ``jit`` with sharded outputs.
+
+  ``eval_shape`` gives the logical axes, the rules give NamedShardings, and the
+  initialiser runs with those ``out_shardings``: no device ever holds the full
+  parameters unless the rules replicate them.
+  """
+  boxed = jax.eval_shape(init)
+  shardings = sharding_lib.shardings_of(boxed, mesh)
+  with jax.set_mesh(mesh), sharding_lib.logical_rules():
+    state = jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
+  return state, shardings
+
+
+def jit_step(train_step: Callable, mesh, state_shardings, batch_shardings):
+  """``step(state, batch) -> (state, metrics)``: one jit, donated state, metrics
+  replicated (every process can read them)."""
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                   donate_argnums=(0,))
+
+  def step(state, batch):
+    with jax.set_mesh(mesh), sharding_lib.logical_rules():
+      return jitted(state, batch)
+
+  step.jitted = jitted
+  return step
+
+
+# --------------------------------------------------------------------- MAE
+
+
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, image_shape,
                    seed: int = 0):
   """Boxed abstract state (logical axis names kept) via ``jax.eval_shape``."""
@@ -31,24 +67,17 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, image_sha
 
 
 def create_train_state(model, tx, mesh, image_shape, seed: int = 0):
-  """Parameters and optimizer state created already sharded over ``mesh``.
-
-  ``eval_shape`` gives the logical axes, the rules give NamedShardings, and the
-  initialiser runs under ``jit`` with those ``out_shardings``: no device ever
-  holds the full parameters unless the rules replicate them.
-  """
-  init, boxed = abstract_state(model, tx, image_shape, seed)
-  shardings = sharding_lib.shardings_of(boxed, mesh)
-  with jax.set_mesh(mesh), sharding_lib.logical_rules():
-    state = jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
-  return state, shardings
+  """MAE parameters and optimizer state created already sharded over ``mesh``."""
+  init, _ = abstract_state(model, tx, image_shape, seed)
+  return create_sharded(init, mesh)
 
 
-def make_train_step(model, tx, mesh, state_shardings, schedule, seed: int):
+def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int):
   """``step(state, images) -> (state, metrics)``: one jit, donated state.
 
   The masking RNG is ``fold_in(key(seed), step)``: a resumed run masks exactly as
-  an uninterrupted one, whatever the mesh.
+  an uninterrupted one, whatever the mesh. ``lr_fn(step)`` is the logged lr (the
+  one the optimizer applies for this micro-batch, ``optim.applied_lr``).
   """
   base_key = jax.random.fold_in(jax.random.key(seed), 2)
 
@@ -63,18 +92,8 @@ def make_train_step(model, tx, mesh, state_shardings, schedule, seed: int):
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state.step)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
+               "param_norm": optax.tree.norm(params)}  # catches an update to inf
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  jitted = jax.jit(train_step,
-                   in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                   donate_argnums=(0,))
-
-  def step(state, images):
-    with jax.set_mesh(mesh), sharding_lib.logical_rules():
-      return jitted(state, images)
-
-  step.jitted = jitted
-  return step
+  return jit_step(train_step, mesh, state_shardings, sharding_lib.batch_sharding(mesh))

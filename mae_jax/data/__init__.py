@@ -1,0 +1,1 @@
+"""Input: image sources, deterministic grain pipelines, augmentations."""

@@ -1,0 +1,1 @@
+"""Training: one loop (``loop``) that every task (``pretrain``, ``classifier``) runs through."""

@@ -1,0 +1,300 @@
+"""The classifier task: fine-tuning and linear probing are two configurations of it.
+
+Both run a ``VisionTransformer`` initialised from a pretrained workdir
+(``config.init_from``, read by ``mae_jax.models.load``) through the one loop
+(``mae_jax.train.loop``); ``config.task`` picks the recipe:
+
+* ``finetune`` (official ``main_finetune.py``): global average pooling + ``fc_norm``,
+  AdamW with layer-wise lr decay, warmup + cosine, RandAugment and RandomErasing per
+  record, mixup / cutmix with label smoothing per global batch (drawn on the host
+  from ``(seed, step)``, applied inside the jitted step, ``mix_batch``), drop path;
+  optional EMA of the weights. The checkpoint with the best top-1 is kept.
+* ``linprobe`` (official ``main_linprobe.py``): the cls token after the encoder's
+  ``norm``, BatchNorm without affine + linear head; only the head trains (the encoder
+  output passes through ``stop_gradient`` and the optimizer state covers the head
+  alone), LARS; RandomResizedCrop + flip only.
+
+Top-1 / top-5 on ``data.eval_split`` every ``eval_every_steps`` (0: every epoch) and
+at the end, in ``W/eval.json`` with the best step.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from mae_jax import config_lib
+from mae_jax.data import finetune_augment, pipeline
+from mae_jax.data.sources import open_source
+from mae_jax.errors import CheckpointError, ConfigError
+from mae_jax.models import load as load_lib
+from mae_jax.models import registry
+from mae_jax.models.vit import VisionTransformer
+from mae_jax.parallel import sharding as sharding_lib
+from mae_jax.train import evaluators as evaluators_lib
+from mae_jax.train import loop, optim
+from mae_jax.train import step as step_lib
+from mae_jax.train.state import ClassifierState
+
+TASKS = ("finetune", "linprobe")
+HEAD = "head"
+
+
+# =========================================================================== model
+
+
+def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransformer:
+  """The classifier of ``config``; ``head_norm`` defaults to ``task == "linprobe"``."""
+  m = config.model
+  if head_norm is None:
+    head_norm = config.get("task") == "linprobe"
+  if config.num_classes < 1:
+    raise ConfigError(f"num_classes={config.num_classes} must be positive.")
+  if m.embed_dim % m.num_heads:
+    raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by "
+                      f"model.num_heads={m.num_heads}.")
+  if m.embed_dim % 4:
+    raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by 4 (sin-cos "
+                      "position table).")
+  if config.data.image_size % m.patch_size:
+    raise ConfigError(f"data.image_size={config.data.image_size} is not divisible by "
+                      f"model.patch_size={m.patch_size}.")
+  if m.pool not in ("avg", "cls"):
+    raise ConfigError(f"model.pool={m.pool!r} must be 'avg' (fine-tuning) or 'cls' "
+                      "(linear probe).")
+  if not 0.0 <= m.get("drop_path", 0.0) < 1.0:
+    raise ConfigError(f"model.drop_path={m.drop_path} must be in [0, 1).")
+  return VisionTransformer(
+      num_classes=int(config.num_classes), image_size=int(config.data.image_size),
+      patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio, pool=m.pool, drop_path_rate=float(m.get("drop_path", 0.0)),
+      head_init_std=float(m.head_init_std), head_norm=head_norm,
+      dtype=registry.dtype(m.dtype), param_dtype=registry.dtype(m.param_dtype),
+      attention=m.attention, remat=m.remat)
+
+
+def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
+                 ema_decay: float | None = None):
+  """``(state, shardings)`` of a classifier, created sharded."""
+  def init():
+    key = jax.random.key(seed)
+    variables = model.init({"params": jax.random.fold_in(key, 0)},
+                           jnp.zeros(image_shape, jnp.float32), train=False)
+    params = variables["params"]
+    ema = optax.ema(ema_decay, debias=False).init(params) if ema_decay else {}
+    return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=opt_init(params),
+                           batch_stats=variables.get("batch_stats", {}), ema=ema)
+  state, shardings = step_lib.create_sharded(init, mesh)
+  if ema_decay:  # the average starts at the weights (timm ModelEma)
+    state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
+  return state, shardings
+
+
+def _copy(tree):
+  return jax.tree.map(lambda a: jax.device_put(a, a.sharding, may_alias=False), tree)
+
+
+def head_only(opt_init):
+  return lambda params: opt_init(params[HEAD])
+
+
+# =========================================================================== steps
+
+
+def mix_batch(images, labels, mix, *, num_classes: int, smoothing: float):
+  """timm ``Mixup`` (batch mode) on the global batch, from ``MixInfo.as_vector()``.
+
+  ``images`` are mixed with ``images[::-1]``: pixels inside the cutmix box come
+  from the reversed batch, the rest are ``pixel_lam * x + (1 - pixel_lam) * x[::-1]``;
+  targets are label-smoothed one-hots mixed by ``target_lam``. Equal to the NumPy
+  ``finetune_augment.mixup_cutmix`` for the same draws.
+  """
+  flipped = images[::-1]
+  pixel_lam, target_lam = mix[0], mix[1]
+  y0, y1, x0, x1 = mix[2], mix[3], mix[4], mix[5]
+  h = jnp.arange(images.shape[1], dtype=jnp.float32)[:, None]
+  w = jnp.arange(images.shape[2], dtype=jnp.float32)[None, :]
+  box = (h >= y0) & (h < y1) & (w >= x0) & (w < x1)
+  mixed = images * pixel_lam + flipped * (1.0 - pixel_lam)
+  out = jnp.where(box[None, :, :, None], flipped, mixed.astype(images.dtype))
+  off = smoothing / num_classes
+  y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
+  return out, y * target_lam + y[::-1] * (1.0 - target_lam)
+
+
+def finetune_step_fn(model, tx, lr_fn, seed: int, ema_decay: float | None,
+                     num_classes: int, smoothing: float):
+  """``train_step(state, batch)``: mixing, soft-target cross-entropy, optional EMA."""
+  base_key = jax.random.fold_in(jax.random.key(seed), 3)
+  ema_tx = optax.ema(ema_decay, debias=False) if ema_decay else None
+
+  def train_step(state: ClassifierState, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+    images, targets = mix_batch(batch["image"], batch["label"], batch["mix"],
+                                num_classes=num_classes, smoothing=smoothing)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+      return optax.softmax_cross_entropy(logits, targets).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema_tx is not None:  # the average moves with the optimizer's updates only
+      _, new_ema = ema_tx.update(params, state.ema)
+      ema = jax.tree.map(lambda new, old: jnp.where(optim.did_update(opt_state), new, old),
+                         new_ema, state.ema)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
+               "param_norm": optax.tree.norm(params)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema=ema), metrics
+  return train_step
+
+
+def linprobe_step_fn(model, tx, lr_fn):
+  """``train_step(state, batch)``: only ``params["head"]`` (and BatchNorm stats) move."""
+
+  def train_step(state: ClassifierState, batch):
+    features = model.apply({"params": state.params}, batch["image"], train=False,
+                           method=model.features)
+    features = jax.lax.stop_gradient(features)
+
+    def loss_fn(head):
+      logits, updated = model.apply(
+          {"params": {**state.params, HEAD: head}, "batch_stats": state.batch_stats},
+          features, train=True, method=model.logits, mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      return loss, updated["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params[HEAD])
+    updates, opt_state = tx.update(grads, state.opt_state, state.params[HEAD])
+    params = {**state.params, HEAD: optax.apply_updates(state.params[HEAD], updates)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
+               "param_norm": optax.tree.norm(params[HEAD])}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         batch_stats=batch_stats), metrics
+  return train_step
+
+
+# =========================================================================== checks
+
+
+def validate(config) -> None:
+  task = config.get("task", "")
+  if task not in TASKS:
+    raise ConfigError(f"task={task!r} must be one of {', '.join(TASKS)}.")
+  if config.init_from and not epath.Path(config.init_from).exists():
+    raise CheckpointError(f"config.init_from={config.init_from} does not exist; give a "
+                          "pretraining workdir (mae-jax pretrain / mae-jax import).")
+  if task == "linprobe" and config.model.get("drop_path", 0.0):
+    raise ConfigError("the linear probe runs the encoder in inference mode; "
+                      "model.drop_path must be 0.")
+  if task == "finetune":
+    aug = config.data.augment
+    if (aug.mixup > 0 or aug.cutmix > 0) and config.batch_size % 2:
+      raise ConfigError("mixup/cutmix pair each image with another: batch_size must be "
+                        "even.")
+
+
+def check_num_classes(config) -> None:
+  """The dataset's labels must fit the head (a label >= num_classes would be dropped)."""
+  known = getattr(open_source(config.data, config.data.split), "num_classes", 0)
+  if known and known > config.num_classes:
+    raise ConfigError(f"{config.data.name} has {known} classes but num_classes="
+                      f"{config.num_classes}; set --config.num_classes={known}.")
+  if known and known < config.num_classes:
+    logging.warning("%s has %d classes; the head has num_classes=%d outputs.",
+                    config.data.name, known, config.num_classes)
+
+
+# =========================================================================== task
+
+
+class ClassifierTask:
+  keep_best = "top1"
+
+  def __init__(self, config):
+    validate(config)
+    check_num_classes(config)
+    self.config = config
+    self.name = config.task
+    self.finetune = config.task == "finetune"
+    self.model = build_classifier(config)
+    self.record_transform = (finetune_augment.train_transform if self.finetune
+                             else pipeline.train_transform)
+    self.ema_decay = (float(config.ema.decay) if self.finetune and config.ema.enabled
+                      else None)
+
+  def build(self, mesh, schedule, lr_fn):
+    c = self.config
+    image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
+    if self.finetune:
+      tx = optim.adamw_layer_decay(c.optim, schedule, c.model.depth)
+      state, shardings = create_state(self.model, tx.init, mesh, image_shape, c.seed,
+                                      self.ema_decay)
+      fn = finetune_step_fn(self.model, tx, lr_fn, c.seed, self.ema_decay, c.num_classes,
+                            float(c.data.augment.label_smoothing))
+    else:
+      tx = optim.lars(c.optim, schedule)
+      state, shardings = create_state(self.model, head_only(tx.init), mesh, image_shape,
+                                      c.seed)
+      fn = linprobe_step_fn(self.model, tx, lr_fn)
+    self.shardings = {"image": sharding_lib.batch_sharding(mesh),
+                      "label": sharding_lib.batch_sharding(mesh, 1)}
+    if self.finetune:
+      self.shardings["mix"] = sharding_lib.replicated(mesh)
+    logging.info("classifier %s (%s pooling, %d classes)", c.model.name, c.model.pool,
+                 c.num_classes)
+    return state, shardings, step_lib.jit_step(fn, mesh, shardings, self.shardings)
+
+  def initialize(self, state, mesh):
+    """Params from ``config.init_from`` (or as initialised, with a warning)."""
+    if not self.config.init_from:
+      logging.warning("config.init_from is empty: training from a random initialisation.")
+      return state
+    tensors, _ = load_lib.load_pretrained(self.config.init_from, state.params,
+                                          self.model.grid, sharding_lib.replicated(mesh))
+    state = state.replace(params=load_lib.place(tensors, state.params))
+    if self.ema_decay:
+      state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
+    return state
+
+  def device_batch(self, host_batch, step: int) -> dict:
+    c = self.config
+    batch = {"image": host_batch["image"], "label": host_batch["label"]}
+    if self.finetune:
+      aug = c.data.augment
+      # The same draws on every process; the trailing 0 keeps single-process runs
+      # of earlier versions on their trajectory.
+      rng = np.random.default_rng([c.seed, step, 0])
+      batch["mix"] = finetune_augment.draw_mix(
+          rng, c.data.image_size, c.data.image_size, mixup_alpha=aug.mixup,
+          cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
+          switch_prob=aug.mixup_switch_prob).as_vector()
+    return {k: loop.global_array(self.shardings[k], v,
+                                 v.shape if k == "mix" else (c.batch_size,) + v.shape[1:])
+            for k, v in batch.items()}
+
+  def evaluators(self, mesh, workdir: str, writer) -> list:
+    c = self.config
+    every = (int(c.eval_every_steps) if c.eval_every_steps
+             else config_lib.steps_per_epoch(c))
+    if self.finetune:
+      variables = lambda state: {"params": state.params}
+      extra = {"ema": lambda state: {"params": state.ema.ema}} if self.ema_decay else {}
+    else:
+      variables = lambda state: {"params": state.params, "batch_stats": state.batch_stats}
+      extra = {}
+    return [evaluators_lib.Classification(c, self.model, mesh, every, variables, extra)]
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Fine-tunes or linearly probes (``config.task``) in ``workdir``."""
+  return loop.run(config, workdir, ClassifierTask(config))

@@ -1,0 +1,234 @@
+"""The one training loop: MAE pretraining, fine-tuning and linear probing run here.
+
+Sections, top to bottom: setup, mesh, input, model + optimizer + sharded state,
+restore or initialise, workdir, loop (step, non-finite check, log, evaluate,
+checkpoint, preemption), final evaluation, cleanup. A task
+(``mae_jax.train.pretrain.PretrainTask``, ``mae_jax.train.classifier.ClassifierTask``)
+gives only what differs:
+
+* ``name``; ``keep_best``: a metric whose best checkpoint is kept (or ``None``);
+* ``record_transform``: the per-record augmentation for ``pipeline.train_iterator``;
+* ``build(mesh, schedule, lr_fn) -> (state, state_shardings, train_step)``;
+* ``initialize(state, mesh) -> state`` for a run that starts from no checkpoint
+  (``init_from``);
+* ``device_batch(host_batch, step) -> batch`` of global arrays for ``train_step``;
+* ``evaluators(mesh, workdir, writer) -> [evaluator]`` (``mae_jax.train.evaluators``).
+
+Every task thus gets the same process-count-independent global batch, the same
+non-finite policy (each step's loss, gradient norm and parameter norm are checked, one step late
+to keep the device busy, and always before a checkpoint is written: a checkpoint
+never holds a non-finite step), the same periodic decisions (``itstime``), and the
+same resume rule: re-running on a workdir continues from its latest checkpoint
+exactly (state, data-iterator position and per-step RNG).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import jax
+import numpy as np
+
+from mae_jax import config_lib
+from mae_jax.data import pipeline
+from mae_jax.errors import ConfigError, NonFiniteLossError
+from mae_jax.parallel import mesh as mesh_lib
+from mae_jax.parallel import sharding as sharding_lib
+from mae_jax.train import checkpoint as ckpt_lib
+from mae_jax.train import metrics as metrics_lib
+from mae_jax.train import optim
+from mae_jax.train.evaluators import EvalLog
+from mae_jax.train.preemption import Preemption
+
+
+def itstime(step: int, every: int, total: int, end: bool = True) -> bool:
+  """Whether a periodic action runs after ``step``: every ``every`` steps (0: never)
+  and, with ``end``, at the last step."""
+  return (every > 0 and step % every == 0) or (end and step == total)
+
+
+def total_steps(config) -> tuple[int, int]:
+  """``(total micro-batches, micro-batches per epoch)`` from num_train_steps or num_epochs.
+
+  Refuses a run or epoch length that ``optim.grad_accum_steps`` does not divide.
+  """
+  uses_epochs = not (config.num_train_steps and config.num_train_steps > 0)
+  warmup_in_epochs = bool(config.optim.get("warmup_epochs", 0)
+                          and not config.optim.get("warmup_steps", 0))
+  if not uses_epochs:
+    per_epoch = config_lib.steps_per_epoch(config) if warmup_in_epochs else 1
+    num_steps = int(config.num_train_steps)
+  else:
+    if config.num_epochs <= 0:
+      raise ConfigError("set num_train_steps > 0 or num_epochs > 0.")
+    per_epoch = config_lib.steps_per_epoch(config)
+    num_steps = int(config.num_epochs * per_epoch)
+  optim.check_run_length(config.optim, num_steps, per_epoch,
+                         uses_epochs or warmup_in_epochs)
+  return num_steps, per_epoch
+
+
+def validate(config) -> None:
+  if config.batch_size <= 0:
+    raise ConfigError(f"batch_size={config.batch_size} must be positive.")
+  if config.log_every_steps <= 0:
+    raise ConfigError("log_every_steps must be positive.")
+  if config.checkpoint.every_steps <= 0:
+    raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be "
+                      "positive.")
+
+
+def global_array(sharding, local, global_shape):
+  """The global array whose rows this process holds are ``local``."""
+  return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+
+def _host(metrics) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def run(config, workdir: str, task) -> dict:
+  """Trains ``task`` as ``config`` says in ``workdir``; returns the final evaluation."""
+  # ------------------------------------------------------------------ setup
+  validate(config)
+  is_primary = jax.process_index() == 0
+  num_steps, per_epoch = total_steps(config)
+  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, num_steps,
+                                          per_epoch)
+  lr_fn = optim.applied_lr(schedule, config.optim)
+
+  # ------------------------------------------------------------------ mesh
+  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh_lib.check_batch(config.batch_size, mesh)
+  logging.info("%s: mesh %s over %d devices (%d processes)", task.name, dict(mesh.shape),
+               jax.device_count(), jax.process_count())
+
+  # ------------------------------------------------------------------ input
+  # Each process reads the rows of the global batch its devices hold, so the global
+  # batch is the same for any number of processes.
+  rows = sharding_lib.process_batch_rows(sharding_lib.batch_sharding(mesh),
+                                         config.batch_size)
+  data_iter = pipeline.train_iterator(config.data, global_batch=config.batch_size,
+                                      seed=config.seed, rows=rows,
+                                      transform=task.record_transform)
+
+  # ------------------------------------------------------------------ model + optimizer
+  state, _, train_step = task.build(mesh, schedule, lr_fn)
+  logging.info("%s: %s parameters", task.name,
+               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+
+  # ------------------------------------------------------------------ restore or initialise
+  ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
+                               config.checkpoint.keep, config.checkpoint.async_save,
+                               keep_best=task.keep_best)
+  writer = None
+  try:
+    state, start_step = ckpt.restore_latest(state, data_iter)
+    if start_step >= num_steps:
+      logging.info("already at step %d of %d: nothing to train", start_step, num_steps)
+    if not start_step:
+      state = task.initialize(state, mesh)
+
+    # ---------------------------------------------------------------- workdir
+    # Written only now that the config, the data and the checkpoint are known good.
+    if is_primary:
+      ckpt_lib.save_config(workdir, config)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
+    evaluators = task.evaluators(mesh, workdir, writer)
+    eval_log = EvalLog(workdir, best_metric=task.keep_best, enabled=is_primary)
+    config_dict = json.loads(config.to_json_best_effort())
+
+    def last_good() -> str:
+      steps = ckpt.all_steps()
+      return f"step {max(steps)} in {ckpt.directory}" if steps else "none"
+
+    def check_finite(step: int, host: dict) -> None:
+      if not all(np.isfinite(v) for v in host.values()):
+        ckpt.wait()
+        raise NonFiniteLossError(
+            f"non-finite loss/gradient at step {step} ({host}); last good checkpoint: "
+            f"{last_good()}. Lower optim.base_lr, set optim.clip_grad_norm (e.g. 1.0), or "
+            "use float32 (model.dtype).")
+
+    def evaluate(step: int, evaluator) -> dict:
+      result = evaluator.run(state, step)
+      logged = evaluator.scalars(result)
+      if logged:
+        writer.scalars(step, logged)
+      eval_log.add(step, result)
+      return result
+
+    def save(step: int, metrics, best: dict | None) -> None:
+      check_finite(step, _host(metrics))
+      ckpt.save(step, state, config_dict, data_iter, force=True, metrics=best)
+      if best:  # name the kept checkpoint of the best evaluation (ties: the earliest)
+        ckpt.wait()
+        kept = ckpt.all_steps()
+        best_step = eval_log.data.get("best_step")
+        best_step = best_step if best_step in kept else ckpt.best_step()
+        if best_step is not None:
+          eval_log.note(best_checkpoint=str(ckpt.directory / str(best_step)))
+
+    # ---------------------------------------------------------------- loop
+    progress = metrics_lib.Progress(num_steps, start_step, enabled=is_primary)
+    step = start_step
+    pending = None  # (step, device metrics) checked one step late
+    evaluated_at = {}
+    t_log, images_since_log = time.time(), 0
+    with Preemption() as preemption:
+      while step < num_steps:
+        batch = task.device_batch(next(data_iter), step)
+        state, metrics = train_step(state, batch)
+        if pending is not None:
+          check_finite(pending[0], _host(pending[1]))
+        step += 1
+        pending = (step, metrics)
+        images_since_log += config.batch_size
+
+        if itstime(step, config.log_every_steps, num_steps):
+          host = _host(metrics)
+          check_finite(step, host)
+          now = time.time()
+          host["img_per_s"] = images_since_log / max(now - t_log, 1e-9)
+          t_log, images_since_log = now, 0
+          writer.scalars(step, host)
+          progress.update(step, {k: host[k] for k in ("loss", "lr", "img_per_s")})
+
+        best = None
+        for evaluator in evaluators:
+          if evaluator.every and itstime(step, evaluator.every, num_steps):
+            result = evaluate(step, evaluator)
+            evaluated_at[evaluator.name] = step
+            if task.keep_best in result:
+              best = {task.keep_best: result[task.keep_best]}
+
+        stop = preemption.reached()
+        if itstime(step, config.checkpoint.every_steps, num_steps) or stop or best:
+          save(step, metrics, best)
+        if stop:
+          logging.info("preempted at step %d; checkpoint saved. Re-run the same command "
+                       "to resume.", step)
+          return {"preempted_at": step}
+    if pending is not None:
+      check_finite(pending[0], _host(pending[1]))
+    ckpt.wait()
+
+    # ---------------------------------------------------------------- final evaluation
+    trained = num_steps > start_step
+    for evaluator in evaluators:
+      if evaluated_at.get(evaluator.name) == step:
+        continue
+      if trained or not evaluator.has_result(eval_log):
+        evaluate(step, evaluator)
+    results = {k: v for k, v in eval_log.data.items() if k != "history"}
+    results["step"] = step
+    return results
+  finally:
+    # ---------------------------------------------------------------- cleanup
+    for close in (ckpt.close, writer.close if writer else None):
+      try:
+        if close:
+          close()
+      except Exception as e:  # never hide the error that ended the run
+        logging.warning("while closing: %s: %s", type(e).__name__, e)
