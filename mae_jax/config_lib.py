@@ -61,7 +61,8 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.num_recon_images = 8
   c.seed = 0
   c.probe = ml_collections.ConfigDict(dict(enabled=False, max_train=60000, max_test=10000,
-                                           steps=300, lr=0.1, weight_decay=1e-4))
+                                           steps=300, lr=0.1, weight_decay=1e-4,
+                                           features="mean"))  # mean, cls or patches
   return c
 
 

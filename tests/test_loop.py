@@ -206,3 +206,23 @@ def test_no_module_uses_another_modules_private_names():
             and node.value.id in modules):
           offences.append(f"{path}: {node.value.id}.{node.attr}")
   assert not offences, offences
+
+
+def test_resume_with_another_model_names_the_difference_and_writes_nothing(
+    tmp_path, fmnist_available):
+  from mae_jax.errors import CheckpointError
+  from mae_jax.train import pretrain
+  pretrain.train_and_evaluate(tiny_overrides(load_config("pretrain_fmnist"), steps=4),
+                              str(tmp_path))
+  before = {name: (tmp_path / name).read_bytes() for name in ("config.json",
+                                                                "metrics.jsonl")}
+  config = tiny_overrides(load_config("pretrain_fmnist"), steps=8)
+  config.model.embed_dim = 64
+  with pytest.raises(CheckpointError, match="holds another model") as error:
+    pretrain.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert ("params/blocks_0/attn/qkv/kernel: checkpoint [32, 3, 2, 16] float32, run "
+          "[64, 3, 2, 32] float32") in message
+  assert "intact" in message and "corrupt" not in message and "Delete" not in message
+  after = {name: (tmp_path / name).read_bytes() for name in before}
+  assert after == before  # the failed run wrote nothing into the good workdir

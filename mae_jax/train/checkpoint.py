@@ -132,11 +132,14 @@ class Checkpointer:
       return
     missing = [k for k in wanted if k not in saved]
     extra = [k for k in saved if k not in wanted]
+    differ = sorted((k for k in wanted if k in saved and saved[k] != wanted[k]),
+                    key=lambda k: (not k.startswith("params"), k))  # params first
     shapes = [f"{k}: checkpoint {list(saved[k][0])} {saved[k][1]}, run "
-              f"{list(wanted[k][0])} {wanted[k][1]}" for k in wanted
-              if k in saved and saved[k] != wanted[k]]
+              f"{list(wanted[k][0])} {wanted[k][1]}" for k in differ]
+    if len(shapes) > 4:
+      shapes = shapes[:4] + [f"{len(shapes) - 4} more arrays differ"]
     if missing or extra or shapes:
-      details = shapes[:4] + ([f"missing in the checkpoint: {', '.join(missing[:4])}"]
+      details = shapes + ([f"missing in the checkpoint: {', '.join(missing[:4])}"]
                               if missing else []) + (
           [f"not in this run: {', '.join(extra[:4])}"] if extra else [])
       raise CheckpointError(

@@ -1,5 +1,10 @@
-"""A quick linear probe for the demo: multinomial logistic regression on frozen,
-mean-pooled encoder features (full batch, AdamW, standardised features).
+"""A quick linear probe for the demo: multinomial logistic regression on frozen
+encoder features (full batch, AdamW, standardised features).
+
+Features (``probe.features``): ``mean`` (mean of the patch tokens after the
+encoder's norm, ``[N, D]``), ``cls`` (the cls token), or ``patches`` (the patch
+tokens concatenated, ``[N, L * D]``: the spatial layout kept, as small-image
+probes in the literature use).
 
 The official recipe (BatchNorm + LARS, cls token) is the ``linprobe`` task of
 ``train/classifier.py``;
@@ -15,12 +20,21 @@ import numpy as np
 import optax
 
 
-def encoder_features(model, params, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-  """Mean of the encoder's patch tokens (after its final norm), ``[N, D]``."""
+FEATURES = ("mean", "cls", "patches")
+
+
+def encoder_features(model, params, images: np.ndarray, batch_size: int = 500,
+                     kind: str = "mean") -> np.ndarray:
+  """Encoder features of ``images`` (tokens after the final norm), ``kind`` as above."""
+  if kind not in FEATURES:
+    from mae_jax.errors import ConfigError
+    raise ConfigError(f"probe.features={kind!r} must be one of {', '.join(FEATURES)}.")
+  pool = {"mean": lambda t: t[:, 1:].mean(axis=1), "cls": lambda t: t[:, 0],
+          "patches": lambda t: t[:, 1:].reshape(t.shape[0], -1)}[kind]
+
   @jax.jit
   def features(x):
-    tokens = model.apply({"params": params}, x, method=model.features)
-    return tokens[:, 1:].mean(axis=1)
+    return pool(model.apply({"params": params}, x, method=model.features))
   out = [np.asarray(features(jnp.asarray(images[i:i + batch_size])))
          for i in range(0, len(images), batch_size)]
   return np.concatenate(out)
@@ -58,8 +72,9 @@ def logistic_regression_top1(train_x, train_y, test_x, test_y, num_classes: int,
 
 def probe_top1(model, params, train, test, num_classes: int, probe_config) -> float:
   """Top-1 of a logistic-regression probe; ``train``/``test`` are (images, labels)."""
-  fx = encoder_features(model, params, train[0])
-  tx = encoder_features(model, params, test[0])
+  kind = probe_config.get("features", "mean")
+  fx = encoder_features(model, params, train[0], kind=kind)
+  tx = encoder_features(model, params, test[0], kind=kind)
   return logistic_regression_top1(fx, train[1], tx, test[1], num_classes,
                                   steps=probe_config.steps, lr=probe_config.lr,
                                   weight_decay=probe_config.weight_decay)
