@@ -39,6 +39,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
       attention="xla", remat="none"))
 
 
+def profile_defaults() -> ml_collections.ConfigDict:
+  """``profile.start_step`` > 0 traces ``num_steps`` steps after it into ``W/profile``."""
+  return ml_collections.ConfigDict(dict(start_step=0, num_steps=3))
+
+
 def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   """Every key a pretraining run reads, with the official MAE recipe's values."""
   c = ml_collections.ConfigDict()
@@ -63,6 +68,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict(dict(enabled=False, max_train=60000, max_test=10000,
                                            steps=300, lr=0.1, weight_decay=1e-4,
                                            features="mean"))  # mean, cls or patches
+  c.profile = profile_defaults()
   return c
 
 
@@ -102,6 +108,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 0         # 0: once per epoch (and at the end)
   c.seed = 0
+  c.profile = profile_defaults()
   return c
 
 

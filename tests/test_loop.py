@@ -226,3 +226,19 @@ def test_resume_with_another_model_names_the_difference_and_writes_nothing(
   assert "intact" in message and "corrupt" not in message and "Delete" not in message
   after = {name: (tmp_path / name).read_bytes() for name in before}
   assert after == before  # the failed run wrote nothing into the good workdir
+
+
+def test_profile_window_writes_a_trace_and_changes_no_result(tmp_path, fmnist_available):
+  import glob
+  from mae_jax.train import pretrain
+  for name, start in (("plain", 0), ("profiled", 2)):
+    config = tiny_overrides(load_config("pretrain_fmnist"), steps=4)
+    config.profile.update(start_step=start, num_steps=1)
+    pretrain.train_and_evaluate(config, str(tmp_path / name))
+  traces = glob.glob(str(tmp_path / "profiled" / "profile" / "plugins" / "profile" / "*" /
+                         "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  assert not os.path.exists(tmp_path / "plain" / "profile")
+  assert _metrics(tmp_path / "plain") == [
+      {**row, "img_per_s": a["img_per_s"]}
+      for row, a in zip(_metrics(tmp_path / "profiled"), _metrics(tmp_path / "plain"))]

@@ -122,7 +122,7 @@ def run(config, workdir: str, task) -> dict:
   ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
                                config.checkpoint.keep, config.checkpoint.async_save,
                                keep_best=task.keep_best)
-  writer = None
+  writer = profile = None
   try:
     state, start_step = ckpt.restore_latest(state, data_iter)
     if start_step >= num_steps:
@@ -172,6 +172,7 @@ def run(config, workdir: str, task) -> dict:
 
     # ---------------------------------------------------------------- loop
     progress = metrics_lib.Progress(num_steps, start_step, enabled=is_primary)
+    profile = metrics_lib.ProfileWindow(config.get("profile"), workdir, enabled=is_primary)
     step = start_step
     pending = None  # (step, device metrics) checked one step late
     evaluated_at = {}
@@ -179,10 +180,12 @@ def run(config, workdir: str, task) -> dict:
     with Preemption() as preemption:
       while step < num_steps:
         batch = task.device_batch(next(data_iter), step)
+        profile.before_step(step)
         state, metrics = train_step(state, batch)
         if pending is not None:
           check_finite(pending[0], _host(pending[1]))
         step += 1
+        profile.after_step(step, state)
         pending = (step, metrics)
         images_since_log += config.batch_size
 
@@ -226,7 +229,8 @@ def run(config, workdir: str, task) -> dict:
     return results
   finally:
     # ---------------------------------------------------------------- cleanup
-    for close in (ckpt.close, writer.close if writer else None):
+    for close in (profile.stop if profile else None, ckpt.close,
+                  writer.close if writer else None):
       try:
         if close:
           close()

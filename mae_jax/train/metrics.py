@@ -101,3 +101,38 @@ class Progress:
     else:
       self.stream.write(f"step {step}/{self.total} {fields} eta {eta_s}\n")
     self.stream.flush()
+
+
+class ProfileWindow:
+  """A ``jax.profiler`` trace of steps ``start_step + 1 .. start_step + num_steps``.
+
+  ``config.profile.start_step`` (0: off) and ``num_steps``; process 0 writes the
+  trace to ``W/profile`` (TensorBoard's profile plugin / XProf read it). The trace
+  ends with ``block_until_ready`` on the state, so the device work is in it; the
+  results do not change.
+  """
+
+  def __init__(self, profile_config, workdir: str, enabled: bool = True):
+    start = int(profile_config.start_step) if profile_config else 0
+    self.start = start if enabled and start > 0 else 0
+    self.stop_at = self.start + max(1, int(profile_config.num_steps)) if self.start else 0
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if self.start and step == self.start and not self.active:
+      import jax
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after_step(self, step: int, state) -> None:
+    if self.active and step >= self.stop_at:
+      self.stop(state)
+
+  def stop(self, state=None) -> None:
+    if self.active:
+      import jax
+      if state is not None:
+        jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
