@@ -14,6 +14,7 @@ COMMANDS = {
     "pretrain": "Pretrain an MAE (resumes from the workdir's latest checkpoint).",
     "finetune": "Fine-tune a pretrained encoder as a classifier.",
     "linprobe": "Linear probe on frozen encoder features.",
+    "evaluate": "Top-1/top-5 of a fine-tuned or probed workdir.",
     "export": "Export a workdir to PyTorch (official, timm, hf).",
     "import": "Build a workdir from PyTorch weights.",
     "visualize": "Write a reconstruction grid PNG.",

@@ -145,7 +145,7 @@ def _initialised(model, size=28):
 
 
 def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, caplog):
-  from mae_jax.models.pos_embed import resize_table, sincos_2d
+  from mae_jax.models.pos_embed import sincos_2d
   dims = dict(embed_dim=32, depth=2, num_heads=2, patch_size=7)
   workdir, mae, mae_params = _mae_workdir(tmp_path, **dims)
   config = load_config("linprobe_fmnist")
@@ -172,14 +172,13 @@ def test_classifier_loads_pretrain_checkpoint_and_matches_the_encoder(tmp_path, 
   theirs = mae.apply({"params": mae_params}, images, method=mae.features)[:, 0]
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
-  # another image size: the table is resized (bicubic), the rest loads as before
+  # another image size: the fixed sin-cos table is recomputed for the new grid
   config = load_config("finetune_fmnist")
   config.data.image_size = 56
   big = _classifier(config, **dims)
   tensors, report = load_lib.load_pretrained(workdir, _abstract_params(big, 56), big.grid)
   assert tensors["pos_embed"].shape == (1, 1 + 64, 32)
-  np.testing.assert_allclose(tensors["pos_embed"][0],
-                             resize_table(sincos_2d(32, 4, cls_token=True), (8, 8)), atol=1e-6)
+  np.testing.assert_array_equal(tensors["pos_embed"][0], sincos_2d(32, 8, cls_token=True))
   assert {k.split("/")[0] for k in report["fresh"]} == {"fc_norm", "head"}
   assert "norm" in report["ignored"]       # avg pooling uses fc_norm instead
 

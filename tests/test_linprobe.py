@@ -140,3 +140,22 @@ def test_cli_reports_missing_init_from(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "init_from" in proc.stderr and "does not exist" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("features", ["mean", "patches"])
+def test_demo_probe_reports_mae_random_and_raw_pixels(pretrained, features):
+  """The demo's quick probe (eval.json of a pretraining with probe.enabled): the MAE
+  encoder beats a random one by the margin the official probe shows; the raw-pixel
+  row is printed beside them."""
+  import mae_jax
+  from mae_jax.train import evaluators
+  loaded = mae_jax.load(pretrained)
+  config = loaded.config
+  config.probe.update(max_train=5000, max_test=2000, features=features)
+  result = evaluators.DemoProbe(config, loaded.model).run(loaded, loaded.step)
+  print(f"demo probe ({features}): MAE {result['linear_probe_top1']:.4f}, random "
+        f"{result['random_init_probe_top1']:.4f}, raw pixels "
+        f"{result['raw_pixels_probe_top1']:.4f}")
+  assert result["probe_train_images"] == 5000 and result["probe_test_images"] == 2000
+  assert 0.5 < result["raw_pixels_probe_top1"] < 1.0
+  assert result["linear_probe_top1"] > result["random_init_probe_top1"] + 0.02

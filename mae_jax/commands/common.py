@@ -79,12 +79,13 @@ def setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def config_command(trainer: str, task: str | None = None):
+def config_command(trainer: str, task: str | None = None, entry: str = "train_and_evaluate"):
   """Flags ``--config``/``--workdir`` and a ``main`` running ``trainer.train_and_evaluate``.
 
   For the trainers driven by a config file (pretrain, finetune, linprobe); call it
   at import time of the command module, which is the only command module loaded.
-  ``task``: the ``config.task`` the command runs (a classifier config says which).
+  ``task``: the ``config.task`` the command runs (a classifier config says which);
+  ``entry``: the function of ``trainer`` it calls with ``(config, workdir)``.
   """
   from ml_collections import config_flags
   config = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -103,5 +104,5 @@ def config_command(trainer: str, task: str | None = None):
     setup_logging()
     init_distributed()
     import importlib
-    importlib.import_module(trainer).train_and_evaluate(config.value, workdir.value)
+    getattr(importlib.import_module(trainer), entry)(config.value, workdir.value)
   return main

@@ -1,10 +1,13 @@
 """mae-jax export --workdir=DIR --format={official,timm,hf} --out=PATH
 
 Writes a workdir's latest checkpoint (or ``--workdir=DIR/checkpoints/STEP``) as
-PyTorch weights: ``official`` -> ``PATH.pth`` + ``PATH.json`` (constructor kwargs),
-``timm`` -> ``PATH.pth`` + ``PATH.json`` (``timm.create_model`` name and kwargs),
-``hf`` -> a ``ViTMAEForPreTraining`` directory. A ``.safetensors`` PATH writes
-safetensors instead of a pickle for ``official``/``timm``.
+PyTorch weights. A pretraining workdir: ``official`` -> ``PATH.pth`` + ``PATH.json``
+(``MaskedAutoencoderViT`` kwargs), ``timm`` -> a ``local-dir`` folder (or
+``PATH.pth`` + ``PATH.json`` for a ``.pth`` PATH), ``hf`` -> a
+``ViTMAEForPreTraining`` directory with ``preprocessor_config.json``. A fine-tuning
+or probing workdir: the classifier (``mae_jax.export.classifier``): official
+``models_vit``, a timm folder with its head, or ``ViTForImageClassification``
+(probes only). A ``.safetensors`` PATH writes safetensors instead of a pickle.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from absl import flags
 
 from mae_jax.commands import common
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining workdir (or checkpoint).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining, fine-tuning or probing "
+                               "workdir (or one of its checkpoints).")
 _FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf"],
                             "official: facebookresearch/mae MaskedAutoencoderViT; timm: the "
                             "encoder as a timm VisionTransformer; hf: ViTMAEForPreTraining.")
@@ -25,9 +29,22 @@ flags.mark_flags_as_required(["workdir", "format", "out"])
 def main(argv):
   del argv
   common.setup_logging()
+  import jax
   import mae_jax
   from mae_jax import export
-  loaded = mae_jax.load(_WORKDIR.value)
-  written = export.save(loaded.params, loaded.config, _FORMAT.value, _OUT.value)
-  logging.info("exported %s (step %d) as %s: %s", loaded.workdir, loaded.step, _FORMAT.value,
+  from mae_jax.export import classifier
+  from mae_jax.train import checkpoint
+  workdir, step = checkpoint.resolve(_WORKDIR.value)
+  config = checkpoint.read_config(workdir)
+  if classifier.is_classifier_config(config):
+    parts, step = checkpoint.restore_parts(
+        workdir, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+        ("params", "batch_stats"))
+    written = classifier.save(parts["params"], parts.get("batch_stats"), config,
+                              _FORMAT.value, _OUT.value)
+  else:
+    loaded = mae_jax.load(_WORKDIR.value)
+    step = loaded.step
+    written = export.save(loaded.params, loaded.config, _FORMAT.value, _OUT.value)
+  logging.info("exported %s (step %d) as %s: %s", workdir, step, _FORMAT.value,
                ", ".join(written))

@@ -3,7 +3,10 @@
 
 Builds a workdir (config + step-0 checkpoint with a fresh optimizer) from PyTorch
 weights; ``mae_jax.load``, ``pretrain`` (continues), ``finetune``, ``linprobe`` and
-``analyze`` accept it. Reads ``.pth`` with ``torch.load(weights_only=True)`` or
+``analyze`` accept it. A classifier (official ``models_vit`` / timm weights with a
+head, e.g. the released ``mae_finetuned_vit_*.pth``) becomes a fine-tuning (or
+probing) workdir: ``mae-jax evaluate`` evaluates it, ``mae-jax finetune``
+continues it, ``init_from`` accepts it. Reads ``.pth`` with ``torch.load(weights_only=True)`` or
 safetensors -- never arbitrary pickles. The architecture comes from the tensor
 shapes plus the JSON beside the weights (``PATH.json``; ``config.json`` for hf),
 or from ``--config`` when given. Encoder-only files (the released
@@ -21,7 +24,7 @@ from mae_jax.commands import common
 from mae_jax.errors import UserError
 
 _IN = flags.DEFINE_string("in", None, "Weights: a .pth/.bin/.safetensors file, or a Hugging "
-                          "Face model directory for --format=hf.")
+                          "Face model directory for --format=hf, or a timm local-dir folder.")
 _FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf"],
                             "Layout of the weights: official (facebookresearch/mae), timm "
                             "(VisionTransformer encoder) or hf (ViTMAEForPreTraining).")
@@ -45,11 +48,47 @@ def main(argv):
       os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
     raise UserError(f"{workdir} already holds a workdir; import into a new --workdir.")
   from mae_jax import export
-  imported = export.import_file(_IN.value, _FORMAT.value, _CONFIG.value,
-                                image_size=_IMAGE_SIZE.value, seed=_SEED.value)
+  from mae_jax.export import classifier
+  sd, meta, notices = export.load_file(_IN.value, _FORMAT.value)
+  if classifier.is_classifier_state_dict(sd):
+    if _FORMAT.value == "hf":
+      raise UserError("importing a Hugging Face classifier is not supported; export it to "
+                      "a timm or official state dict.")
+    params, batch_stats, config = classifier.from_torch_state_dict(sd, _FORMAT.value, meta,
+                                                                   source=_IN.value)
+    if _CONFIG.value is not None:
+      config = _with_architecture(_CONFIG.value, config)
+    from mae_jax.train import classifier as classifier_task
+    classifier_task.write_workdir(workdir, config, params, batch_stats)
+    m = config.model
+    logging.info("imported %s (%s) into %s: %s classifier, ViT %d wide, depth %d, %d heads, "
+                 "patch %d, image %d, %d classes", _IN.value, _FORMAT.value, workdir,
+                 config.task, m.embed_dim, m.depth, m.num_heads, m.patch_size,
+                 config.data.image_size, config.num_classes)
+    return
+  for note in notices:
+    logging.info("%s", note)
+  imported = export.from_torch_state_dict(sd, _FORMAT.value, _CONFIG.value, metadata=meta,
+                                          image_size=_IMAGE_SIZE.value, seed=_SEED.value,
+                                          source=_IN.value)
   checkpoint.write_workdir(workdir, imported.config, imported.params)
   m = imported.config.model
   logging.info("imported %s (%s) into %s: ViT %d wide, depth %d, %d heads, patch %d, "
                "image %d, %s decoder", _IN.value, _FORMAT.value, workdir, m.embed_dim, m.depth,
                m.num_heads, m.patch_size, imported.config.data.image_size,
                "imported" if imported.has_decoder else "fresh")
+
+
+def _with_architecture(user_config, imported):
+  """The user's config (data, optimizer, ...) with the imported model's dimensions."""
+  config = user_config.copy_and_resolve_references()
+  config.unlock()
+  if config.get("task") != imported.task:
+    raise UserError(f"--config is a {config.get('task') or 'pretraining'} config; the weights "
+                    f"are a {imported.task} classifier.")
+  for key in ("embed_dim", "depth", "num_heads", "patch_size", "pool", "mlp_ratio"):
+    config.model[key] = imported.model[key]
+  config.num_classes = imported.num_classes
+  config.data.image_size, config.data.channels = (imported.data.image_size,
+                                                  imported.data.channels)
+  return config

@@ -390,9 +390,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
     if e.kind in (names.QKV_PART, names.QKV_BIAS_PART):
       parts_of.setdefault(e.ours, {})[e.part] = x
     else:
-      _set(params, e.ours, x)
+      set_path(params, e.ours, x)
   for path, parts in parts_of.items():
-    _set(params, path, np.stack([parts[i] for i in range(3)],
+    set_path(params, path, np.stack([parts[i] for i in range(3)],
                                 axis=1 if path[-1] == "kernel" else 0))
   if not has_decoder:
     seed = int(config.get("seed", 0) if seed is None else seed)
@@ -411,7 +411,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
                   notices=notices + warnings)
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+  """``tree[path[0]][path[1]]... = value``, creating the dicts on the way."""
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value

@@ -20,6 +20,7 @@ from mae_jax.errors import CheckpointError
 from mae_jax.export import official
 
 CONFIG = "config.json"
+PROCESSOR = "preprocessor_config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -48,7 +49,19 @@ def metadata(config) -> dict:
       "decoder_intermediate_size": int(m.decoder_embed_dim * m.mlp_ratio),
       "mask_ratio": float(m.mask_ratio),
       "norm_pix_loss": bool(m.norm_pix_loss),
+      "preprocessor": preprocessor(config),
   }
+
+
+def preprocessor(config) -> dict:
+  """``preprocessor_config.json``: ``AutoImageProcessor`` gets size, mean and std."""
+  from mae_jax.export.timm import mean_std
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  mean, std = mean_std(config)
+  return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+          "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
+          "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean,
+          "image_std": std, "do_convert_rgb": channels == 3}
 
 
 def _square(value, what: str) -> int:
@@ -106,9 +119,15 @@ def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[st
   os.makedirs(out, exist_ok=True)
   weights = os.path.join(out, WEIGHTS[0])
   official.save_safetensors(state_dict, weights)
+  meta = dict(meta)
+  written = []
+  if "preprocessor" in meta:
+    processor = os.path.join(out, PROCESSOR)
+    official.write_json(meta.pop("preprocessor"), processor)
+    written.append(processor)
   config = os.path.join(out, CONFIG)
   official.write_json(meta, config)
-  return [config, weights]
+  return [config, weights] + written
 
 
 def read(path: str) -> tuple[dict, dict | None, list[str]]:

@@ -318,3 +318,44 @@ def from_torch(entry: Entry, value: np.ndarray, our_shape: tuple[int, ...]) -> n
   else:
     raise ValueError(f"cannot convert kind {kind!r}")
   return np.ascontiguousarray(x)
+
+
+# ------------------------------------------------------------------ classifiers
+# ``mae_jax.models.vit.VisionTransformer`` (fine-tuned / probed) <-> the official
+# ``models_vit.VisionTransformer`` (``global_pool=True``: avg + ``fc_norm``; the
+# linear probe: ``global_pool=False`` and ``head = Sequential(BatchNorm1d, Linear)``),
+# timm ``VisionTransformer`` (same names; a probe's BatchNorm folded into ``head``)
+# and Hugging Face ``ViTForImageClassification`` (cls token after ``layernorm``
+# only). The classifier's ``pos_embed`` is a learned parameter (kind SAME).
+
+# The probe head's BatchNorm statistics (``batch_stats/head_norm``) in the official
+# ``head.0`` module; ``num_batches_tracked`` is written as 0.
+BN_HEAD_STATS = (("mean", "head.0.running_mean"), ("var", "head.0.running_var"))
+BN_HEAD_COUNT = "head.0.num_batches_tracked"
+
+
+def classifier_entries(fmt: str, depth: int, pool: str, bn_head: bool = False
+                       ) -> list[Entry]:
+  """Entries of a classifier with ``pool`` ("avg" / "cls"); ``bn_head``: the official
+  probe's ``head.1`` names (other formats take the BatchNorm folded into the head)."""
+  lay = layout(fmt)
+  rows = [(ours, lay.torch_name(ours), SAME if ours == "pos_embed" else kind)
+          for ours, kind in (("cls_token", SAME), ("pos_embed", SAME),
+                             ("patch_embed/proj/kernel", CONV),
+                             ("patch_embed/proj/bias", SAME))]
+  if pool == "cls":
+    rows += [("norm/scale", lay.torch_name("norm/scale"), SAME),
+             ("norm/bias", lay.torch_name("norm/bias"), SAME)]
+  elif fmt == "hf":
+    raise ValueError("Hugging Face ViTForImageClassification has no average pooling")
+  else:
+    rows += [("fc_norm/scale", "fc_norm.weight", SAME), ("fc_norm/bias", "fc_norm.bias", SAME)]
+  head = "classifier." if fmt == "hf" else "head.1." if bn_head else "head."
+  rows += [("head/kernel", head + "weight", LINEAR), ("head/bias", head + "bias", SAME)]
+  out = [Entry(name, tuple(path.split("/")), kind) for path, name, kind in rows]
+  for i in range(depth):
+    for row in lay.block:
+      path, name, kind = row[:3]
+      out.append(Entry(lay.block_prefix.format(i) + name, (f"blocks_{i}", *path.split("/")),
+                       kind, part=row[3] if len(row) > 3 else None))
+  return out

@@ -1,10 +1,18 @@
-"""timm ``VisionTransformer``: the MAE encoder as a plain state dict.
+"""timm ``VisionTransformer``: the MAE encoder as a timm model.
 
-``F.pth`` (or ``F.safetensors``) holds the state dict; ``F.json`` holds
+``--out=DIR`` (no file suffix) writes the folder timm loads natively::
+
+    model = timm.create_model("local-dir:DIR", pretrained=True)
+
+(``config.json``: architecture, ``model_args``, ``pretrained_cfg`` with the
+dataset's mean/std and input size; ``model.safetensors``). ``--out=F.pth`` (or
+``F.safetensors``) writes the state dict and ``F.json`` with
 ``{"model_name": ..., "kwargs": {...}}`` such that::
 
     model = timm.create_model(meta["model_name"], pretrained=False, **meta["kwargs"])
     model.load_state_dict(torch.load("F.pth"), strict=True)
+
+Both are read back by ``mae-jax import --format=timm``.
 
 ``num_classes=0`` (no head) and ``global_pool="token"`` (the final ``norm`` kept):
 ``model.forward_features(x)`` equals mae_jax's ``model.features`` on all tokens.
@@ -37,13 +45,64 @@ def model_name(config) -> str:
   return name if name in _REGISTERED else _FALLBACK
 
 
+LOCAL_CONFIG = "config.json"
+LOCAL_WEIGHTS = "model.safetensors"
+
+
+def mean_std(config) -> tuple[list[float], list[float]]:
+  """The normalisation the model was trained with (the dataset's unless set)."""
+  import logging
+  from mae_jax.errors import UserError
+  try:
+    from mae_jax.data import pipeline
+    mean, std = pipeline.normalization(config.data)
+  except (UserError, ImportError) as e:
+    from mae_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
+    logging.warning("the dataset's mean/std are not available (%s); writing ImageNet's.", e)
+    mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if int(config.data.channels) == 3
+                 else ((0.5,), (0.5,)))
+  return [float(v) for v in mean], [float(v) for v in std]
+
+
+def pretrained_cfg(config, num_classes: int) -> dict:
+  """timm's ``pretrained_cfg``: what ``resolve_data_config`` hands a PyTorch user."""
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  mean, std = mean_std(config)
+  return {"input_size": [channels, size, size], "fixed_input_size": True,
+          "interpolation": "bicubic", "crop_pct": float(config.data.get("eval_crop_pct", 0.875)),
+          "crop_mode": "center", "mean": mean, "std": std, "num_classes": int(num_classes),
+          "first_conv": "patch_embed.proj", "classifier": "head"}
+
+
 def metadata(config) -> dict:
   m = config.model
   kwargs = dict(img_size=int(config.data.image_size), patch_size=int(m.patch_size),
                 in_chans=int(config.data.channels), embed_dim=int(m.embed_dim),
                 depth=int(m.depth), num_heads=int(m.num_heads), mlp_ratio=float(m.mlp_ratio),
                 qkv_bias=True, class_token=True, global_pool="token", num_classes=0)
-  return {"model_name": model_name(config), "kwargs": kwargs}
+  return {"model_name": model_name(config), "kwargs": kwargs,
+          "pretrained_cfg": pretrained_cfg(config, 0)}
+
+
+def is_local_dir(out: str) -> bool:
+  return not out.endswith((".pth", ".safetensors", ".bin", ".pt"))
+
+
+def write_local_dir(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
+  """The folder ``timm.create_model("local-dir:out", pretrained=True)`` loads."""
+  import os
+  kwargs = meta["kwargs"]
+  if os.path.isfile(out):
+    from mae_jax.errors import UserError
+    raise UserError(f"{out} is a file; a timm folder export needs a directory path.")
+  os.makedirs(out, exist_ok=True)
+  local = {"architecture": meta["model_name"], "num_classes": kwargs["num_classes"],
+           "num_features": kwargs["embed_dim"], "global_pool": kwargs["global_pool"],
+           "model_args": kwargs, "pretrained_cfg": meta["pretrained_cfg"]}
+  weights, config = os.path.join(out, LOCAL_WEIGHTS), os.path.join(out, LOCAL_CONFIG)
+  official.save_safetensors(state_dict, weights)
+  official.write_json(local, config)
+  return [config, weights]
 
 
 def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
@@ -59,6 +118,8 @@ def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
 
 
 def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
+  if is_local_dir(out):
+    return write_local_dir(state_dict, meta, out)
   if out.endswith(".safetensors"):
     official.save_safetensors(state_dict, out)
   else:
@@ -69,5 +130,19 @@ def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[st
 
 
 def read(path: str) -> tuple[dict, dict | None, list[str]]:
+  """``F.pth`` / ``F.safetensors`` (+ ``F.json``), or a ``local-dir`` folder."""
+  import json
+  import os
+  if os.path.isdir(path):
+    config = os.path.join(path, LOCAL_CONFIG)
+    try:
+      with open(config) as f:
+        local = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      from mae_jax.errors import CheckpointError
+      raise CheckpointError(f"{config} cannot be read as a timm folder config ({e}).") from None
+    sd, note = official.unwrap(official.load_tensors(os.path.join(path, LOCAL_WEIGHTS)), path)
+    meta = {"model_name": local.get("architecture"), "kwargs": local.get("model_args", {})}
+    return sd, meta, [note] if note else []
   sd, note = official.unwrap(official.load_tensors(path), path)
   return sd, official.read_sidecar(path), [note] if note else []

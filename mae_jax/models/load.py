@@ -71,15 +71,16 @@ def load_pretrained(path: str, params, grid: tuple[int, int], sharding=None
   dst = _flat(params)
   tensors, fresh, mismatched, missing = {}, [], [], []
 
-  # The position table: learned in the classifier, a constant of the MAE model.
+  # The position table: learned in a classifier (resized bicubically as the official
+  # code does), a fixed sin-cos constant of the MAE model (computed for the new grid).
   if "pos_embed" in source:
-    table = np.asarray(source["pos_embed"])[0]
+    table = resize_table(np.asarray(source["pos_embed"])[0], tuple(grid), num_prefix=1,
+                         old_grid=src_grid)[None]
+    if src_grid != tuple(grid):
+      logging.info("init_from: position table resized %s -> %s (bicubic)", src_grid,
+                   tuple(grid))
   else:
-    table = sincos_2d(src_config.model.embed_dim, src_grid, cls_token=True)
-  table = resize_table(table, tuple(grid), num_prefix=1, old_grid=src_grid)[None]
-  if src_grid != tuple(grid):
-    logging.info("init_from: position table resized %s -> %s (bicubic)", src_grid,
-                 tuple(grid))
+    table = sincos_2d(src_config.model.embed_dim, tuple(grid), cls_token=True)[None]
 
   reinit_notice = set()
   for name, value in dst.items():

@@ -32,15 +32,36 @@ def sincos_2d(dim: int, grid: tuple[int, int] | int, cls_token: bool = False) ->
   return table.astype(np.float32)
 
 
+def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+  """``[out, in]`` weights of PyTorch's bicubic resize along one axis.
+
+  ``torch.nn.functional.interpolate(mode="bicubic", align_corners=False)``, no
+  antialias: source coordinate ``(i + 0.5) * in / out - 0.5`` (not clamped), Keys
+  cubic convolution with ``a = -0.75``, taps outside the input clamped to the edge.
+  """
+  scale = in_size / out_size
+  src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  base = np.floor(src)
+  t = src - base
+  weights = np.zeros((out_size, in_size), np.float64)
+  for k in range(-1, 3):
+    x = np.abs(t - k)
+    w = np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                 np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+    index = np.clip(base + k, 0, in_size - 1).astype(int)
+    np.add.at(weights, (np.arange(out_size), index), w)
+  return weights
+
+
 def resize_table(table: np.ndarray, new_grid: tuple[int, int], num_prefix: int = 1,
                  old_grid: tuple[int, int] | None = None) -> np.ndarray:
-  """Bicubic resize of a [prefix + gh*gw, D] table to another grid.
+  """Bicubic resize of a learned ``[prefix + gh*gw, D]`` table to another grid.
 
-  Used for *learned* or imported tables (as the official fine-tuning code does
-  with ``torch.nn.functional.interpolate(mode='bicubic', align_corners=False)``).
+  Equal (to float32 precision) to the official fine-tuning code's
+  ``torch.nn.functional.interpolate(mode="bicubic", align_corners=False)``
+  (``bicubic_matrix``); the prefix (cls) rows are kept. Fixed sin-cos tables are
+  not resized but recomputed for the new grid (``sincos_2d``).
   """
-  import jax  # local: keep this module importable without touching devices
-  import jax.numpy as jnp
   prefix, tokens = table[:num_prefix], table[num_prefix:]
   dim = table.shape[-1]
   if old_grid is None:
@@ -48,7 +69,8 @@ def resize_table(table: np.ndarray, new_grid: tuple[int, int], num_prefix: int =
     old_grid = (side, side)
   if tuple(old_grid) == tuple(new_grid):
     return table
-  grid = tokens.reshape(old_grid[0], old_grid[1], dim)
-  resized = jax.image.resize(jnp.asarray(grid, jnp.float32), (*new_grid, dim), "bicubic",
-                             antialias=False)
-  return np.concatenate([prefix, np.asarray(resized).reshape(-1, dim)], axis=0)
+  grid = np.asarray(tokens, np.float64).reshape(old_grid[0], old_grid[1], dim)
+  rows = bicubic_matrix(old_grid[0], new_grid[0])
+  cols = bicubic_matrix(old_grid[1], new_grid[1])
+  resized = np.einsum("oh,hwd,pw->opd", rows, grid, cols).reshape(-1, dim)
+  return np.concatenate([prefix, resized.astype(table.dtype)], axis=0)

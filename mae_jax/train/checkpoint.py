@@ -149,9 +149,10 @@ class Checkpointer:
           "workdir.")
 
   def restore_latest(self, state, data_iterator=None):
-    """``(state, step)``: the latest checkpoint laid out like ``state``, or ``(state, 0)``."""
-    step = self.latest_step() or 0
-    if not step:
+    """``(state, step)``: the latest checkpoint laid out like ``state``, or ``(state, 0)``
+    when there is none (``latest_step() is None``)."""
+    step = self.latest_step()
+    if step is None:  # (a checkpoint at step 0 -- an imported workdir -- is restored)
       return state, 0
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                            sharding=a.sharding), state)
@@ -265,6 +266,14 @@ def restore_params(workdir: str, step: int | None, sharding) -> tuple[Any, int]:
   this with a sharding over the run's devices (e.g. replicated over its mesh), so
   any process count can read a checkpoint written with any other.
   """
+  parts, step = restore_parts(workdir, step, sharding, ("params",))
+  return parts["params"], step
+
+
+def restore_parts(workdir: str, step: int | None, sharding, keys=("params",)
+                  ) -> tuple[dict, int]:
+  """``({key: subtree as NumPy}, step)`` for top-level ``keys`` of a checkpoint's state
+  (e.g. ``params``, ``batch_stats``), laid out by ``sharding`` while read."""
   directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
@@ -277,21 +286,22 @@ def restore_params(workdir: str, step: int | None, sharding) -> tuple[Any, int]:
       raise CheckpointError(f"{workdir} has no finished checkpoint under {CHECKPOINT_DIR}/.")
     try:
       meta = manager.item_metadata(step)["state"]
-      tree = getattr(meta, "tree", meta)["params"]
-      params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                           sharding=sharding), tree)
+      tree = getattr(meta, "tree", meta)
+      item = {k: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                             sharding=sharding), tree[k])
+              for k in keys if k in tree}
       args = ocp.args.PyTreeRestore(
-          item={"params": params}, partial_restore=True,
-          restore_args=ocp.checkpoint_utils.construct_restore_args({"params": params}))
+          item=item, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item))
       restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
     except CheckpointError:
       raise
     except Exception as e:
-      raise CheckpointError(f"the params of {directory / str(step)} cannot be read "
+      raise CheckpointError(f"{', '.join(keys)} of {directory / str(step)} cannot be read "
                             f"({_first_line(e)}); its files are truncated or damaged.") from None
   finally:
     manager.close()
-  return jax.device_get(restored["params"]), int(step)
+  return {k: jax.device_get(v) for k, v in restored.items()}, int(step)
 
 
 def load(path: str, step: int | None = None, mesh=None) -> Loaded:

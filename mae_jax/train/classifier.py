@@ -298,3 +298,44 @@ class ClassifierTask:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Fine-tunes or linearly probes (``config.task``) in ``workdir``."""
   return loop.run(config, workdir, ClassifierTask(config))
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Top-1 / top-5 of the workdir's latest checkpoint on ``data.eval_split``."""
+  return loop.run(config, workdir, ClassifierTask(config), train=False)
+
+
+def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0) -> None:
+  """A classifier workdir holding ``params`` (e.g. imported) with a fresh optimizer.
+
+  ``mae-jax finetune`` / ``linprobe`` on it continue from ``step``; ``mae-jax
+  evaluate`` evaluates it; ``init_from`` accepts it.
+  """
+  from mae_jax.models.load import place
+  from mae_jax.parallel import mesh as mesh_lib
+  from mae_jax.train import checkpoint as ckpt_lib
+  model = build_classifier(config)
+  mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, model=1), devices=jax.devices()[:1])
+  schedule = lambda count: 0.0  # the optimizer state's structure needs no schedule
+  finetune = config.task == "finetune"
+  tx = (optim.adamw_layer_decay(config.optim, schedule, config.model.depth) if finetune
+        else optim.lars(config.optim, schedule))
+  ema_decay = float(config.ema.decay) if finetune and config.ema.enabled else None
+  image_shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+  state, _ = create_state(model, tx.init if finetune else head_only(tx.init), mesh,
+                          image_shape, config.seed, ema_decay)
+  flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  state = state.replace(step=jnp.asarray(step, jnp.int32),
+                        params=place(flat(params), state.params))
+  if batch_stats:
+    state = state.replace(batch_stats=place(flat(batch_stats), state.batch_stats))
+  if ema_decay:
+    state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
+  ckpt_lib.save_config(workdir, config)
+  ckpt = ckpt_lib.Checkpointer(workdir, with_data=False, async_save=False)
+  try:
+    ckpt.save(step, state, config.to_dict(), force=True)
+  finally:
+    ckpt.close()
+  logging.info("wrote %s (%s classifier, step %d)", workdir, config.task, step)

@@ -32,7 +32,7 @@ import numpy as np
 
 from mae_jax import config_lib
 from mae_jax.data import pipeline
-from mae_jax.errors import ConfigError, NonFiniteLossError
+from mae_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import checkpoint as ckpt_lib
@@ -88,8 +88,12 @@ def _host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def run(config, workdir: str, task) -> dict:
-  """Trains ``task`` as ``config`` says in ``workdir``; returns the final evaluation."""
+def run(config, workdir: str, task, train: bool = True) -> dict:
+  """Trains ``task`` as ``config`` says in ``workdir``; returns the final evaluation.
+
+  ``train=False`` evaluates the workdir's latest checkpoint (every evaluator once)
+  and leaves its config and checkpoints as they are.
+  """
   # ------------------------------------------------------------------ setup
   validate(config)
   is_primary = jax.process_index() == 0
@@ -124,15 +128,20 @@ def run(config, workdir: str, task) -> dict:
                                keep_best=task.keep_best)
   writer = profile = None
   try:
+    restored = ckpt.latest_step() is not None
     state, start_step = ckpt.restore_latest(state, data_iter)
-    if start_step >= num_steps:
+    if not train:
+      if not restored:
+        raise CheckpointError(f"{workdir} has no checkpoint to evaluate.")
+      num_steps = start_step
+    elif start_step >= num_steps:
       logging.info("already at step %d of %d: nothing to train", start_step, num_steps)
-    if not start_step:
+    if not restored:
       state = task.initialize(state, mesh)
 
     # ---------------------------------------------------------------- workdir
     # Written only now that the config, the data and the checkpoint are known good.
-    if is_primary:
+    if is_primary and train:
       ckpt_lib.save_config(workdir, config)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
     evaluators = task.evaluators(mesh, workdir, writer)
@@ -218,11 +227,11 @@ def run(config, workdir: str, task) -> dict:
     ckpt.wait()
 
     # ---------------------------------------------------------------- final evaluation
-    trained = num_steps > start_step
+    rerun = num_steps > start_step or not train
     for evaluator in evaluators:
       if evaluated_at.get(evaluator.name) == step:
         continue
-      if trained or not evaluator.has_result(eval_log):
+      if rerun or not evaluator.has_result(eval_log):
         evaluate(step, evaluator)
     results = {k: v for k, v in eval_log.data.items() if k != "history"}
     results["step"] = step
