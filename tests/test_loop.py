@@ -242,3 +242,12 @@ def test_profile_window_writes_a_trace_and_changes_no_result(tmp_path, fmnist_av
   assert _metrics(tmp_path / "plain") == [
       {**row, "img_per_s": a["img_per_s"]}
       for row, a in zip(_metrics(tmp_path / "profiled"), _metrics(tmp_path / "plain"))]
+
+
+def test_classifier_commands_refuse_the_other_task_config(tmp_path):
+  from conftest import run_cli
+  proc = run_cli("finetune", "--config=configs/linprobe_fmnist.py", f"--workdir={tmp_path}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "a linprobe config, not a finetune config" in lines[0]
+  assert not os.listdir(tmp_path)

@@ -61,6 +61,10 @@ def guarded(main):
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+      print("error: interrupted; the checkpoints already written are intact. Re-run the "
+            "same command to resume.", file=sys.stderr)
+      sys.exit(130)
   return wrapper
 
 
@@ -104,5 +108,9 @@ def config_command(trainer: str, task: str | None = None, entry: str = "train_an
     setup_logging()
     init_distributed()
     import importlib
-    getattr(importlib.import_module(trainer), entry)(config.value, workdir.value)
+    result = getattr(importlib.import_module(trainer), entry)(config.value, workdir.value)
+    if isinstance(result, dict) and result.get("signal") == "SIGINT":
+      print(f"interrupted at step {result['preempted_at']}; checkpoint saved. Re-run the same "
+            "command to resume.", file=sys.stderr)
+      sys.exit(130)
   return main

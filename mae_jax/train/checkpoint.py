@@ -59,7 +59,8 @@ class Checkpointer:
     self.keep_best = keep_best
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, int(every_steps)), preservation_policy=policy,
-        enable_async_checkpointing=bool(async_save), create=True)
+        enable_async_checkpointing=bool(async_save), create=True,
+        cleanup_tmp_directories=True)  # what an interrupted save left behind
     handlers = {"state": ocp.StandardCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     if with_data:
@@ -202,6 +203,94 @@ def _shared_data_state(data_dir: epath.Path) -> dict:
 
 
 # --------------------------------------------------------------------- workdirs
+
+LOCK_FILE = ".lock"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """``W/.lock``, held by process 0 while a command trains or evaluates in ``W``.
+
+  A second run on a workdir in use stops with one line naming the holder (two runs
+  would interleave their metrics and race their checkpoint managers). A lock left
+  by a killed process on this host is detected (its pid is gone) and taken over.
+  Remote (``gs://``) workdirs are not locked: object stores have no exclusive
+  create here, and a lock that cannot exclude would only mislead.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.enabled = enabled and "://" not in str(workdir)
+    self.held = False
+
+  def acquire(self) -> str | None:
+    """Takes the lock; returns why it cannot (``None`` when held or not needed)."""
+    if not self.enabled:
+      return None
+    import socket
+    import time
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    except OSError as e:
+      return f"cannot create the workdir {os.path.dirname(self.path)} ({e.strerror})."
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        try:
+          with open(self.path) as f:
+            holder = json.load(f)
+        except (OSError, ValueError):
+          holder = {}
+        if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+          logging.warning("taking over %s left by pid %s, which is no longer running",
+                          self.path, holder.get("pid"))
+          os.remove(self.path)
+          continue
+        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+               if holder else "another run")
+        return (f"{os.path.dirname(self.path)} is in use by {who}; two runs on one workdir "
+                "would overwrite each other's checkpoints and metrics. Wait for it to end "
+                f"or use another --workdir; if no such run is alive, delete {self.path}.")
+      except OSError as e:
+        return f"cannot write in the workdir {os.path.dirname(self.path)} ({e.strerror})."
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      return None
+    return f"cannot take the lock {self.path}."
+
+  def acquire_on_all_processes(self) -> None:
+    """``acquire`` on process 0; every process stops with its error if it fails."""
+    error = self.acquire()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      ok = multihost_utils.process_allgather(np.asarray(error is None))
+      if not np.all(ok) and error is None:
+        error = "process 0 could not lock the workdir; its log says why."
+    if error:
+      from mae_jax.errors import UserError
+      raise UserError(error)
+
+  def release(self) -> None:
+    if self.held:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      self.held = False
+
 
 
 def save_config(workdir: str, config) -> None:

@@ -108,26 +108,30 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
   logging.info("%s: mesh %s over %d devices (%d processes)", task.name, dict(mesh.shape),
                jax.device_count(), jax.process_count())
 
-  # ------------------------------------------------------------------ input
-  # Each process reads the rows of the global batch its devices hold, so the global
-  # batch is the same for any number of processes.
-  rows = sharding_lib.process_batch_rows(sharding_lib.batch_sharding(mesh),
-                                         config.batch_size)
-  data_iter = pipeline.train_iterator(config.data, global_batch=config.batch_size,
-                                      seed=config.seed, rows=rows,
-                                      transform=task.record_transform)
+  # ------------------------------------------------------------------ workdir lock
+  lock = ckpt_lib.WorkdirLock(workdir, enabled=is_primary)
+  lock.acquire_on_all_processes()
 
-  # ------------------------------------------------------------------ model + optimizer
-  state, _, train_step = task.build(mesh, schedule, lr_fn)
-  logging.info("%s: %s parameters", task.name,
-               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
-
-  # ------------------------------------------------------------------ restore or initialise
-  ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
-                               config.checkpoint.keep, config.checkpoint.async_save,
-                               keep_best=task.keep_best)
-  writer = profile = None
+  ckpt = writer = profile = None
   try:
+    # ---------------------------------------------------------------- input
+    # Each process reads the rows of the global batch its devices hold, so the global
+    # batch is the same for any number of processes.
+    rows = sharding_lib.process_batch_rows(sharding_lib.batch_sharding(mesh),
+                                           config.batch_size)
+    data_iter = pipeline.train_iterator(config.data, global_batch=config.batch_size,
+                                        seed=config.seed, rows=rows,
+                                        transform=task.record_transform)
+
+    # ---------------------------------------------------------------- model + optimizer
+    state, _, train_step = task.build(mesh, schedule, lr_fn)
+    logging.info("%s: %s parameters", task.name,
+                 f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+
+    # ---------------------------------------------------------------- restore or initialise
+    ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
+                                 config.checkpoint.keep, config.checkpoint.async_save,
+                                 keep_best=task.keep_best)
     restored = ckpt.latest_step() is not None
     state, start_step = ckpt.restore_latest(state, data_iter)
     if not train:
@@ -221,7 +225,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
         if stop:
           logging.info("preempted at step %d; checkpoint saved. Re-run the same command "
                        "to resume.", step)
-          return {"preempted_at": step}
+          return {"preempted_at": step, "signal": preemption.signal or "SIGTERM"}
     if pending is not None:
       check_finite(pending[0], _host(pending[1]))
     ckpt.wait()
@@ -238,8 +242,8 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     return results
   finally:
     # ---------------------------------------------------------------- cleanup
-    for close in (profile.stop if profile else None, ckpt.close,
-                  writer.close if writer else None):
+    for close in (profile.stop if profile else None, ckpt.close if ckpt else None,
+                  writer.close if writer else None, lock.release):
       try:
         if close:
           close()
