@@ -65,3 +65,17 @@ def test_a_workdir_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path,
                   *TINY_FLAGS, "--config.num_train_steps=3", check=True)
   assert "no longer running" in third.stdout + third.stderr
   assert not os.path.exists(os.path.join(workdir, ".lock"))
+
+
+def test_config_file_problems_are_one_line(tmp_path):
+  (tmp_path / "syntax.py").write_text("def get_config(:\n")
+  (tmp_path / "empty.py").write_text("x = 1\n")
+  cases = ((tmp_path / "missing.py", "does not exist"),
+           (tmp_path / "syntax.py", "syntax error at line 1"),
+           (tmp_path / "empty.py", "defines no get_config"))
+  for path, pattern in cases:
+    proc = run_cli("pretrain", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and pattern in lines[0], (path, lines)
+  assert not os.path.exists(tmp_path / "w")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 
 from absl import flags
@@ -31,6 +32,32 @@ def _last_error_line(text: str) -> str:
   return lines[0] if lines else text
 
 
+def config_file_problem(e: BaseException) -> str:
+  """One line for a config file that cannot be loaded (missing, syntax error, ...)."""
+  chain, cause = [], e
+  while cause is not None and len(chain) < 8:
+    chain.append(cause)
+    cause = cause.__cause__ or cause.__context__
+  for err in chain:
+    if isinstance(err, FileNotFoundError):
+      return f"--config file {err.filename} does not exist."
+    missing = re.search(r"No such file or directory: '([^']+)'", str(err))
+    if missing:
+      return f"--config file {missing.group(1)} does not exist."
+    if isinstance(err, SyntaxError):
+      return (f"--config file {err.filename} has a syntax error at line {err.lineno}: "
+              f"{err.msg}.")
+  last = chain[-1]
+  return f"--config file cannot be loaded ({type(last).__name__}: {last})."
+
+
+def _unknown_key(e: BaseException):
+  text = str(e.args[0] if e.args else e).replace("\n", " ")
+  print(f"error: unknown config key {text}; `mae-jax COMMAND --helpfull` lists the flags, "
+        "the config file lists its keys.", file=sys.stderr)
+  sys.exit(2)
+
+
 def parse_flags_or_exit(argv: list[str]) -> list[str]:
   """Parses flags (and config files/overrides); bad ones become one ``error:`` line.
 
@@ -42,11 +69,17 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
   except flags.Error as e:
     print(f"error: {_last_error_line(str(e))}", file=sys.stderr)
     sys.exit(2)
-  except (KeyError, AttributeError) as e:
-    text = str(e.args[0] if e.args else e).replace("\n", " ")
-    print(f"error: unknown config key {text}; `mae-jax COMMAND --helpfull` lists the flags, "
-          "the config file lists its keys.", file=sys.stderr)
+  except (OSError, SyntaxError, ImportError) as e:
+    print(f"error: {config_file_problem(e)}", file=sys.stderr)
     sys.exit(2)
+  except AttributeError as e:
+    if "get_config" in str(e):
+      print("error: the --config file defines no get_config(arg) function; every file in "
+            "configs/ shows the form.", file=sys.stderr)
+      sys.exit(2)
+    raise _unknown_key(e) from None
+  except KeyError as e:
+    _unknown_key(e)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -100,15 +133,20 @@ def config_command(trainer: str, task: str | None = None, entry: str = "train_an
 
   def main(argv):
     del argv
-    if task is not None and config.value.get("task") != task:
-      found = config.value.get("task")
+    try:
+      value = config.value
+      value.keys()  # a file that failed to load gives a stand-in that raises here
+    except (OSError, SyntaxError, ImportError) as e:
+      raise UserError(config_file_problem(e)) from None
+    if task is not None and value.get("task") != task:
+      found = value.get("task")
       raise UserError(f"--config is {'a ' + found if found else 'not a classifier'} config, "
                       f"not a {task} config; run `mae-jax {found or 'pretrain'}` with it, or "
                       f"give a configs/{task}_*.py file.")
     setup_logging()
     init_distributed()
     import importlib
-    result = getattr(importlib.import_module(trainer), entry)(config.value, workdir.value)
+    result = getattr(importlib.import_module(trainer), entry)(value, workdir.value)
     if isinstance(result, dict) and result.get("signal") == "SIGINT":
       print(f"interrupted at step {result['preempted_at']}; checkpoint saved. Re-run the same "
             "command to resume.", file=sys.stderr)
