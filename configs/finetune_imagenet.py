@@ -35,13 +35,5 @@ def get_config(arg=None):
   c.num_epochs = epochs
   c.checkpoint.every_steps = 1000
   if arg.runlocal:  # the same program, shrunk to two tiny steps on a laptop
-    c.model.update(embed_dim=64, depth=2, num_heads=2, patch_size=16, dtype="float32")
-    c.data.update(name="fashion_mnist", source="auto", eval_split="test", image_size=32,
-                  channels=3, num_threads=0, eval_max_examples=16)
-    c.num_classes = 10
-    c.batch_size = 8
-    c.num_train_steps = 2
-    c.optim.warmup_steps = 1
-    c.checkpoint.every_steps = 2
-    c.log_every_steps = 1
+    config_lib.shrink_classifier_for_cpu(c)
   return c

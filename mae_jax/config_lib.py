@@ -128,6 +128,21 @@ def linprobe_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_classifier_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``runlocal``: a classifier config shrunk to two tiny steps on a laptop CPU
+  (Fashion-MNIST at 32x32x3 stands in for ImageNet)."""
+  c.model.update(embed_dim=64, depth=2, num_heads=2, patch_size=16, dtype="float32")
+  c.data.update(name="fashion_mnist", source="auto", eval_split="test", image_size=32,
+                channels=3, num_threads=0, eval_max_examples=16)
+  c.num_classes = 10
+  c.batch_size = 8
+  c.num_train_steps = 2
+  c.optim.warmup_steps = 1
+  c.checkpoint.every_steps = 2
+  c.log_every_steps = 1
+  return c
+
+
 def steps_per_epoch(config) -> int:
   from mae_jax.data.sources import open_source
   return max(1, len(open_source(config.data, config.data.split)) // config.batch_size)

@@ -251,3 +251,11 @@ def test_classifier_commands_refuse_the_other_task_config(tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "a linprobe config, not a finetune config" in lines[0]
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["finetune_imagenet", "linprobe_imagenet"])
+def test_imagenet_classifier_configs_run_locally(name, tmp_path, fmnist_available):
+  """The official recipes' own files, shrunk by `runlocal`, train two steps on a CPU."""
+  config = load_config(name, "variant=B/16,runlocal")
+  result = classifier.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and result["num_examples"] == 16
