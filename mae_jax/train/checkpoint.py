@@ -63,8 +63,11 @@ class Checkpointer:
         cleanup_tmp_directories=True)  # what an interrupted save left behind
     handlers = {"state": ocp.StandardCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
-    if with_data:
+    try:  # registered even when unused, so reading a checkpoint's other items is quiet
       handlers["data"] = _grain_handler()
+    except ImportError:
+      if with_data:
+        raise
     self.with_data = with_data
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=handlers)
