@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
+from flax import traverse_util
 
 from mae_jax import config_lib
 from mae_jax.data import finetune_augment, pipeline
@@ -90,13 +91,30 @@ def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
                            opt_state=opt_init(params),
                            batch_stats=variables.get("batch_stats", {}), ema=ema)
   state, shardings = step_lib.create_sharded(init, mesh)
-  if ema_decay:  # the average starts at the weights (timm ModelEma)
-    state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
-  return state, shardings
+  return _restart_ema(state), shardings
 
 
-def _copy(tree):
-  return jax.tree.map(lambda a: jax.device_put(a, a.sharding, may_alias=False), tree)
+def _restart_ema(state: ClassifierState) -> ClassifierState:
+  """The weight average (if any) set to the current weights (timm ModelEma's start)."""
+  if not state.ema:
+    return state
+  copy = jax.tree.map(lambda a: jax.device_put(a, a.sharding, may_alias=False), state.params)
+  return state.replace(ema=state.ema._replace(ema=copy))
+
+
+def _ema_decay(config) -> float | None:
+  return (float(config.ema.decay) if config.task == "finetune" and config.ema.enabled
+          else None)
+
+
+def optimizer(config, schedule):
+  """``(tx, opt_init)`` of the task: LLRD AdamW on every param (fine-tuning), LARS on
+  the head alone (linear probe)."""
+  if config.task == "finetune":
+    tx = optim.adamw_layer_decay(config.optim, schedule, config.model.depth)
+    return tx, tx.init
+  tx = optim.lars(config.optim, schedule)
+  return tx, head_only(tx.init)
 
 
 def head_only(opt_init):
@@ -229,22 +247,18 @@ class ClassifierTask:
     self.model = build_classifier(config)
     self.record_transform = (finetune_augment.train_transform if self.finetune
                              else pipeline.train_transform)
-    self.ema_decay = (float(config.ema.decay) if self.finetune and config.ema.enabled
-                      else None)
+    self.ema_decay = _ema_decay(config)
 
   def build(self, mesh, schedule, lr_fn):
     c = self.config
     image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
+    tx, opt_init = optimizer(c, schedule)
+    state, shardings = create_state(self.model, opt_init, mesh, image_shape, c.seed,
+                                    self.ema_decay)
     if self.finetune:
-      tx = optim.adamw_layer_decay(c.optim, schedule, c.model.depth)
-      state, shardings = create_state(self.model, tx.init, mesh, image_shape, c.seed,
-                                      self.ema_decay)
       fn = finetune_step_fn(self.model, tx, lr_fn, c.seed, self.ema_decay, c.num_classes,
                             float(c.data.augment.label_smoothing))
     else:
-      tx = optim.lars(c.optim, schedule)
-      state, shardings = create_state(self.model, head_only(tx.init), mesh, image_shape,
-                                      c.seed)
       fn = linprobe_step_fn(self.model, tx, lr_fn)
     self.shardings = {"image": sharding_lib.batch_sharding(mesh),
                       "label": sharding_lib.batch_sharding(mesh, 1)}
@@ -261,10 +275,7 @@ class ClassifierTask:
       return state
     tensors, _ = load_lib.load_pretrained(self.config.init_from, state.params,
                                           self.model.grid, sharding_lib.replicated(mesh))
-    state = state.replace(params=load_lib.place(tensors, state.params))
-    if self.ema_decay:
-      state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
-    return state
+    return _restart_ema(state.replace(params=load_lib.place(tensors, state.params)))
 
   def device_batch(self, host_batch, step: int) -> dict:
     c = self.config
@@ -316,22 +327,17 @@ def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0)
   from mae_jax.train import checkpoint as ckpt_lib
   model = build_classifier(config)
   mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, model=1), devices=jax.devices()[:1])
-  schedule = lambda count: 0.0  # the optimizer state's structure needs no schedule
-  finetune = config.task == "finetune"
-  tx = (optim.adamw_layer_decay(config.optim, schedule, config.model.depth) if finetune
-        else optim.lars(config.optim, schedule))
-  ema_decay = float(config.ema.decay) if finetune and config.ema.enabled else None
+  # the optimizer state's structure needs no schedule
+  _, opt_init = optimizer(config, lambda count: 0.0)
+  ema_decay = _ema_decay(config)
   image_shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
-  state, _ = create_state(model, tx.init if finetune else head_only(tx.init), mesh,
-                          image_shape, config.seed, ema_decay)
-  flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  state, _ = create_state(model, opt_init, mesh, image_shape, config.seed, ema_decay)
+  flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
   state = state.replace(step=jnp.asarray(step, jnp.int32),
                         params=place(flat(params), state.params))
   if batch_stats:
     state = state.replace(batch_stats=place(flat(batch_stats), state.batch_stats))
-  if ema_decay:
-    state = state.replace(ema=state.ema._replace(ema=_copy(state.params)))
+  state = _restart_ema(state)
   ckpt_lib.save_config(workdir, config)
   ckpt = ckpt_lib.Checkpointer(workdir, with_data=False, async_save=False)
   try:

@@ -91,7 +91,7 @@ class Reconstructions:
     self.mean, self.std = pipeline.normalization(config.data)
     self.mesh = mesh
     replicated = sharding_lib.replicated(mesh)
-    self._replicated = replicated
+    self._device_images = jax.device_put(self.images, replicated)  # once, not per grid
 
     def apply(params, images, key):
       return model.apply({"params": params}, images, train=False, rngs={"masking": key})
@@ -104,9 +104,8 @@ class Reconstructions:
     return {}  # the grid goes to TensorBoard as an image
 
   def run(self, state, step: int) -> dict:
-    images = jax.device_put(self.images, self._replicated)
     with jax.set_mesh(self.mesh), sharding_lib.logical_rules():
-      loss, pred, mask = self._run(state.params, images, jax.random.key(step))
+      loss, pred, mask = self._run(state.params, self._device_images, jax.random.key(step))
     if jax.process_index() == 0:
       c = self.config
       rows = viz.reconstruction_rows(self.images, np.asarray(jax.device_get(pred)),
