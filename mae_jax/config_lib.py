@@ -51,8 +51,9 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3,
-      mean=(), std=(), num_threads=8,
-      augment=dict(rrc_scale=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3), hflip=True)))
+      mean=(), std=(), num_threads=8, skip_corrupt=False,
+      augment=dict(rrc_scale=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3),
+                   rrc_sampler="torchvision", hflip=True)))
   c.batch_size = 4096
   c.num_train_steps = 0        # > 0 wins over num_epochs
   c.num_epochs = 800
@@ -90,8 +91,9 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),
-      num_threads=8, eval_crop_pct=0.875, eval_max_examples=0,
-      augment=dict(rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3), hflip=True,
+      num_threads=8, eval_crop_pct=0.875, eval_max_examples=0, skip_corrupt=False,
+      augment=dict(rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
+                   rrc_sampler="torchvision", hflip=True,
                    rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel",
                    mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
                    label_smoothing=0.1)))
@@ -117,8 +119,10 @@ def linprobe_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c = finetune_defaults(variant)
   c.task = "linprobe"
   c.model.update(pool="cls", drop_path=0.0, head_init_std=0.01)
+  # the official probe's crop: util/crop.RandomResizedCrop (one draw, clamped)
   c.data.augment = ml_collections.ConfigDict(dict(rrc_scale=(0.08, 1.0),
-                                                  rrc_ratio=(3 / 4, 4 / 3), hflip=True))
+                                                  rrc_ratio=(3 / 4, 4 / 3),
+                                                  rrc_sampler="clamped", hflip=True))
   c.batch_size = 16384
   c.num_epochs = 90
   c.optim = ml_collections.ConfigDict(dict(

@@ -39,7 +39,7 @@ def test_same_seed_same_batches_and_exact_resume(fmnist_available):
     got = next(resumed)
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
-  assert first[0]["image"].shape == (16, 28, 28, 1) and first[0]["image"].dtype == np.float32
+  assert first[0]["image"].shape == (16, 28, 28, 1) and first[0]["image"].dtype == np.uint8
   assert not np.array_equal(first[0]["image"], first[1]["image"])
 
 

@@ -133,8 +133,10 @@ def test_finetune_pipeline_is_deterministic(fmnist_available):
   it = lambda seed: pipeline.train_iterator(config.data, global_batch=8, seed=seed,
                                             transform=fa.train_transform)
   a, b, c = next(it(3)), next(it(3)), next(it(4))
-  assert a["image"].shape == (8, 28, 28, 1) and a["image"].dtype == np.float32
+  assert a["image"].shape == (8, 28, 28, 1) and a["image"].dtype == np.uint8
+  assert a["erase"].shape == (8, 4) and a["erase"].dtype == np.int32
   np.testing.assert_array_equal(a["image"], b["image"])
+  np.testing.assert_array_equal(a["erase"], b["erase"])
   assert not np.array_equal(a["image"], c["image"])
   n, batches = pipeline.eval_batches(config.data, "test", global_batch=64, max_examples=100)
   got = list(batches())
@@ -169,3 +171,72 @@ def test_on_device_mixing_covers_mixup_cutmix_and_none():
     info = fa.draw_mix(np.random.default_rng(seed), 12, 10, prob=0.7)
     kinds.add("none" if info.lam == 1.0 else "cutmix" if info.box else "mixup")
   assert kinds == {"none", "cutmix", "mixup"}
+
+
+@pytest.mark.parametrize("mode", ["pixel", "rand", "const"])
+def test_on_device_erasing_equals_the_numpy_reference_outside_the_noise(mode):
+  """The step erases the boxes the host drew (``erase_params``): the same boxes as
+  ``random_erasing`` with the same generator, pixels outside untouched, the fill
+  N(0, 1) (per pixel, per channel) or 0."""
+  import jax
+  from mae_jax.train import classifier
+  data = np.random.default_rng(7)
+  images = data.normal(size=(64, 24, 20, 3)).astype(np.float32) + 5.0  # far from N(0, 1)
+  boxes, want = [], []
+  for i in range(64):
+    boxes.append(fa.erase_params(np.random.default_rng(i), 24, 20, prob=0.5))
+    want.append(fa.random_erasing(images[i], np.random.default_rng(i), prob=0.5, mode=mode))
+  boxes, want = np.stack(boxes), np.stack(want)
+  got = np.asarray(jax.jit(lambda x, b: classifier.erase_batch(
+      x, b, jax.random.key(0), mode))(images, boxes))
+  host_erased, device_erased = want != images, got != images
+  np.testing.assert_array_equal(device_erased, host_erased)
+  assert 10 < (boxes[:, 2] > 0).sum() < 54            # about half the images erased
+  np.testing.assert_array_equal(got[~device_erased], images[~device_erased])
+  fill = got[device_erased]
+  if mode == "const":
+    assert np.all(fill == 0)
+  else:
+    assert abs(fill.mean()) < 0.2 and abs(fill.std() - 1.0) < 0.2
+  if mode == "rand":   # one value per image and channel
+    i = int(np.argmax(boxes[:, 2] > 0))
+    top, left, h, w = boxes[i]
+    np.testing.assert_array_equal(got[i, top:top + h, left:left + w],
+                                  np.broadcast_to(got[i, top, left], (h, w, 3)))
+
+
+def test_rand_augment_resamples_bicubically_as_timm_with_bicubic_interpolation(monkeypatch):
+  """The official fine-tuning builds timm's transform with interpolation='bicubic':
+  every geometric op then resamples bicubically. Each of ours equals timm's op
+  (same magnitude, same sign, same fill) pixel for pixel."""
+  import random
+  timm_data = pytest.importorskip("timm.data")
+  from PIL import Image
+  from timm.data.auto_augment import RandAugment
+  mean = (0.485, 0.456, 0.406)
+  transform = timm_data.create_transform(
+      32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic",
+      mean=mean, std=(0.229, 0.224, 0.225))
+  rand_aug = next(t for t in transform.transforms if isinstance(t, RandAugment))
+  timm_ops = {op.name: op for op in rand_aug.ops}
+  assert set(timm_ops) == set(fa.RAND_OPS)
+  geometric = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+  for name in geometric:
+    assert timm_ops[name].kwargs["resample"] == Image.BICUBIC, name
+  fill = tuple(int(round(m * 255)) for m in mean)
+  image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 40, 3), np.uint8))
+
+  def timm_op(name, level, negate):
+    with monkeypatch.context() as m:  # timm negates when random.random() > 0.5
+      m.setattr(random, "random", lambda: 1.0 if negate else 0.0)
+      op = timm_ops[name]
+      args = op.level_fn(level, op.hparams)
+    assert op.kwargs["fillcolor"] == fill
+    return np.asarray(op.aug_fn(image, *args, **op.kwargs))
+
+  for name in geometric:
+    for level in (3.0, 9.0):
+      both = [timm_op(name, level, negate) for negate in (False, True)]
+      for seed in range(6):  # ours draws only the sign: it must be one of timm's two
+        got = np.asarray(fa.RAND_OPS[name](image, level, fill, np.random.default_rng(seed)))
+        assert any(np.array_equal(got, want) for want in both), (name, level, seed)

@@ -128,7 +128,7 @@ def test_grain_pipeline_same_batches_lazy_or_full_decode(jpeg_tfds, monkeypatch)
     return [next(it)["image"] for _ in range(2)]
 
   lazy, full = batches(True), batches(False)
-  assert lazy[0].shape == (4, 32, 32, 3) and lazy[0].dtype == np.float32
+  assert lazy[0].shape == (4, 32, 32, 3) and lazy[0].dtype == np.uint8
   for a, b in zip(lazy, full):
     np.testing.assert_array_equal(a, b)
 

@@ -159,3 +159,55 @@ def test_demo_probe_reports_mae_random_and_raw_pixels(pretrained, features):
   assert result["probe_train_images"] == 5000 and result["probe_test_images"] == 2000
   assert 0.5 < result["raw_pixels_probe_top1"] < 1.0
   assert result["linear_probe_top1"] > result["random_init_probe_top1"] + 0.02
+
+
+def test_probe_crop_is_the_official_single_draw_clamped_crop():
+  """The official linear probe crops with MAE's util/crop.RandomResizedCrop: one draw
+  of area and aspect, sides clamped to the image, no 10-try loop. Fed torch's random
+  numbers, ``clamped_rrc_box`` gives that code's boxes."""
+  import math
+  torch = pytest.importorskip("torch")
+  from mae_jax.data import augment, pipeline
+
+  def official_get_params(height, width, scale, ratio):  # MAE util/crop.py, verbatim maths
+    area = height * width
+    target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+    log_ratio = torch.log(torch.tensor(ratio))
+    aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+    w = int(round(math.sqrt(target_area * aspect_ratio)))
+    h = int(round(math.sqrt(target_area / aspect_ratio)))
+    w, h = min(w, width), min(h, height)
+    i = torch.randint(0, height - h + 1, size=(1,)).item()
+    j = torch.randint(0, width - w + 1, size=(1,)).item()
+    return i, j, h, w
+
+  class TorchDraws:  # the np.random.Generator calls clamped_rrc_box makes, from torch
+    def uniform(self, low, high):
+      return torch.empty(1).uniform_(low, high).item()
+
+    def integers(self, low, high):
+      return torch.randint(low, high, size=(1,)).item()
+
+  same, clamped, n = 0, 0, 400
+  for seed in range(n):
+    height, width = (375, 500) if seed % 2 else (500, 120)
+    torch.manual_seed(seed)
+    want = official_get_params(height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+    torch.manual_seed(seed)
+    got = augment.clamped_rrc_box(TorchDraws(), height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+    # float32 (torch) vs float64 log/exp may round a side differently, rarely
+    assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (seed, got, want)
+    same += got == want
+    clamped += got[3] == width or got[2] == height
+  assert same >= 0.98 * n and clamped > 0.1 * n
+  config = load_config("linprobe_fmnist")
+  assert config.data.augment.rrc_sampler == "clamped"
+  assert pipeline.train_transform(config.data, (0.5,), (0.5,)).keywords["sampler"] == "clamped"
+  image = np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)
+  rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+  top, left, h, w = augment.clamped_rrc_box(rng_a, 40, 30)
+  from PIL import Image
+  want = np.asarray(Image.fromarray(image).resize((16, 16), Image.BICUBIC,
+                                                  box=(left, top, left + w, top + h)))
+  np.testing.assert_array_equal(
+      augment.random_resized_crop(image, rng_b, 16, (0.08, 1.0), sampler="clamped"), want)

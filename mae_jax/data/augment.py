@@ -1,8 +1,15 @@
 """Per-image augmentations in NumPy/PIL, driven by a ``np.random.Generator``.
 
-RandomResizedCrop follows torchvision's sampling (10 tries at a random area in
-``scale`` and log-uniform aspect ratio in ``ratio``, then a centre-crop fallback)
-and resizes with bicubic interpolation, as the official MAE pretraining does.
+RandomResizedCrop draws its box with one of two samplers (``data.augment.rrc_sampler``)
+and resizes with bicubic interpolation, as the official MAE code does:
+
+* ``torchvision`` (pretraining, fine-tuning): 10 tries at a random area in ``scale``
+  and log-uniform aspect ratio in ``ratio``, then a centre-crop fallback;
+* ``clamped`` (the linear probe): the official ``util/crop.RandomResizedCrop``, one
+  draw of area and aspect with both sides clamped to the image, no retry loop.
+
+Transforms return uint8 images; normalisation happens on the device
+(``mae_jax.train.step.to_model_input``), so batches travel as uint8.
 """
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from mae_jax.errors import ConfigError
 
 
 def rrc_box(rng: np.random.Generator, height: int, width: int,
@@ -36,6 +45,33 @@ def rrc_box(rng: np.random.Generator, height: int, width: int,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def clamped_rrc_box(rng: np.random.Generator, height: int, width: int,
+                    scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """Crop box ``(top, left, h, w)`` as the official MAE ``util/crop.RandomResizedCrop``
+  (the linear probe's crop, after BYOL's TF code): one draw of area and aspect
+  ratio, each side clamped to the image, no retry and no fallback. Sides are at
+  least 1 pixel (the official code would fail on a 0-pixel side)."""
+  area = height * width
+  target_area = area * rng.uniform(scale[0], scale[1])
+  aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+  w = max(1, min(int(round(math.sqrt(target_area * aspect))), width))
+  h = max(1, min(int(round(math.sqrt(target_area / aspect))), height))
+  top = int(rng.integers(0, height - h + 1))
+  left = int(rng.integers(0, width - w + 1))
+  return top, left, h, w
+
+
+RRC_SAMPLERS = {"torchvision": rrc_box, "clamped": clamped_rrc_box}
+
+
+def rrc_sampler(name: str):
+  """The box function named by ``data.augment.rrc_sampler``."""
+  if name not in RRC_SAMPLERS:
+    raise ConfigError(f"data.augment.rrc_sampler={name!r} is unknown; choose "
+                      f"{' or '.join(RRC_SAMPLERS)}.")
+  return RRC_SAMPLERS[name]
+
+
 def _to_pil(image: np.ndarray) -> Image.Image:
   return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
@@ -46,10 +82,11 @@ def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
 
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
-                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
+                        sampler: str = "torchvision") -> np.ndarray:
   if hasattr(image, "random_resized_crop"):  # still encoded: mae_jax.data.jpeg.JpegImage
-    return image.random_resized_crop(rng, size, scale, ratio)
-  top, left, h, w = rrc_box(rng, image.shape[0], image.shape[1], scale, ratio)
+    return image.random_resized_crop(rng, size, scale, ratio, sampler)
+  top, left, h, w = rrc_sampler(sampler)(rng, image.shape[0], image.shape[1], scale, ratio)
   pil = _to_pil(image).resize((size, size), Image.BICUBIC,
                               box=(left, top, left + w, top + h))
   return _from_pil(pil, image.shape[-1])

@@ -7,9 +7,12 @@ Per example, in the grain pipeline (PIL/NumPy, driven by the record's
 * RandAugment ``rand-m9-mstd0.5-inc1`` (``rand_augment``): 2 ops per image drawn
   with replacement from timm's 15 "increasing" ops, each applied with
   probability 0.5 at magnitude ``N(9, 0.5)`` clipped to [0, 10];
-* normalisation, then RandomErasing (``random_erasing``, timm's ``pixel`` mode:
-  probability 0.25, one box of 2%-33% of the area, aspect 0.3-3.3, filled with
-  N(0, 1) noise per pixel and channel).
+* RandomErasing (timm's ``pixel`` mode: probability 0.25, one box of 2%-33% of the
+  area, aspect 0.3-3.3, filled with N(0, 1) noise per pixel and channel of the
+  normalised image). The box is drawn here (``erase_params``, shipped with the
+  uint8 image); normalisation and the noise fill run in the jitted step
+  (``mae_jax.train.classifier.erase_batch``), after which the images equal
+  ``random_erasing`` of the normalised image except for the noise values.
 
 Per global batch: timm's ``Mixup`` in ``batch`` mode (one lambda per batch, the
 batch mixed with its reverse), mixup alpha 0.8 or cutmix alpha 1.0 switched with
@@ -40,15 +43,19 @@ def _sign(rng: np.random.Generator, value: float) -> float:
   return -value if rng.random() < 0.5 else value
 
 
-def _affine(img: Image.Image, matrix, fill, rng) -> Image.Image:
-  resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
-  return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+# The official fine-tuning builds timm's transform with interpolation='bicubic', which
+# makes every geometric op resample bicubically (timm's own default, used only
+# without that argument, picks bilinear or bicubic at random).
+RESAMPLE = Image.BICUBIC
+
+
+def _affine(img: Image.Image, matrix, fill) -> Image.Image:
+  return img.transform(img.size, Image.AFFINE, matrix, resample=RESAMPLE, fillcolor=fill)
 
 
 def _rotate(img, level, fill, rng):
   degrees = _sign(rng, level / MAX_LEVEL * 30.0)
-  resample = Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
-  return img.rotate(degrees, resample=resample, fillcolor=fill)
+  return img.rotate(degrees, resample=RESAMPLE, fillcolor=fill)
 
 
 def _enhance(enhancer):
@@ -68,7 +75,7 @@ def _solarize_add(img, level, fill, rng):
 def _shear(axis):
   def op(img, level, fill, rng):
     f = _sign(rng, level / MAX_LEVEL * 0.3)
-    return _affine(img, (1, f, 0, 0, 1, 0) if axis == "x" else (1, 0, 0, f, 1, 0), fill, rng)
+    return _affine(img, (1, f, 0, 0, 1, 0) if axis == "x" else (1, 0, 0, f, 1, 0), fill)
   return op
 
 
@@ -76,8 +83,8 @@ def _translate(axis, translate_pct: float = 0.45):
   def op(img, level, fill, rng):
     pct = _sign(rng, level / MAX_LEVEL * translate_pct)
     if axis == "x":
-      return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), fill, rng)
-    return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), fill, rng)
+      return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), fill)
+    return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), fill)
   return op
 
 
@@ -188,15 +195,25 @@ def erase_box(rng: np.random.Generator, height: int, width: int, min_area=0.02,
   return None
 
 
+ERASE_MODES = ("pixel", "rand", "const")
+
+
+def erase_params(rng: np.random.Generator, height: int, width: int,
+                 prob: float = 0.25) -> np.ndarray:
+  """timm RandomErasing's draws for one image: int32 ``[top, left, h, w]``, zeros when
+  nothing is erased (the probability draw failed, or no box fitted)."""
+  if prob <= 0 or rng.random() > prob:
+    return np.zeros(4, np.int32)
+  return np.asarray(erase_box(rng, height, width) or (0, 0, 0, 0), np.int32)
+
+
 def random_erasing(image: np.ndarray, rng: np.random.Generator, prob: float = 0.25,
                    mode: str = "pixel") -> np.ndarray:
-  """timm RandomErasing on a normalised float ``[H, W, C]`` image (one box)."""
-  if prob <= 0 or rng.random() > prob:
+  """timm RandomErasing on a normalised float ``[H, W, C]`` image (one box); the NumPy
+  reference of the trainer's on-device erasing."""
+  top, left, h, w = (int(v) for v in erase_params(rng, image.shape[0], image.shape[1], prob))
+  if h == 0:
     return image
-  box = erase_box(rng, image.shape[0], image.shape[1])
-  if box is None:
-    return image
-  top, left, h, w = box
   out = image.copy()
   c = image.shape[-1]
   if mode == "pixel":
@@ -300,26 +317,29 @@ def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
 
 
 def _finetune_transform(record: dict, rng: np.random.Generator, *, size, scale, ratio,
-                        hflip, channels, mean, std, rand_aug, fill, reprob,
-                        remode) -> dict:
-  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio)
+                        sampler, hflip, channels, rand_aug, fill, reprob) -> dict:
+  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio, sampler)
   if hflip and rng.random() < 0.5:
     image = image[:, ::-1]
   image = augment.match_channels(np.ascontiguousarray(image), channels)
   if rand_aug is not None:
     image = rand_augment(image, rng, rand_aug, fill)
-  image = augment.normalize(image, mean, std)
-  image = random_erasing(image, rng, reprob, remode)
-  return {"image": image, "label": np.int32(record["label"])}
+  return {"image": image, "label": np.int32(record["label"]),
+          "erase": erase_params(rng, image.shape[0], image.shape[1], reprob)}
 
 
 def train_transform(data_config, mean, std):
   """The fine-tuning record transform for ``pipeline.train_iterator``: RRC + flip,
-  RandAugment, normalisation, RandomErasing (mixup/cutmix come per batch)."""
+  RandAugment, the RandomErasing box (uint8 image out; normalisation, erasing and
+  mixup/cutmix happen per batch on the device)."""
   aug = data_config.augment
+  if aug.remode not in ERASE_MODES:
+    raise ConfigError(f"data.augment.remode={aug.remode!r} is unknown; choose "
+                      f"{', '.join(ERASE_MODES)}.")
+  sampler = aug.get("rrc_sampler", "torchvision")
+  augment.rrc_sampler(sampler)
   return functools.partial(
       _finetune_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
-      ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
-      mean=mean, std=std, rand_aug=parse_rand_augment(aug.rand_augment),
-      fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob),
-      remode=aug.remode)
+      ratio=tuple(aug.rrc_ratio), sampler=sampler, hflip=aug.hflip,
+      channels=data_config.channels, rand_aug=parse_rand_augment(aug.rand_augment),
+      fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob))

@@ -19,12 +19,28 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mae_jax.data import augment
-from mae_jax.errors import DataError
+from mae_jax.errors import CorruptImageError, UserError
 
 DRAFT_SCALES = (8, 4, 2)
+# What PIL raises for data it cannot decode (truncated, not an image, too large).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+SKIP_HINT = ("Replace or delete it, or set --config.data.skip_corrupt=True to skip "
+             "undecodable images (counted in the log).")
+
+
+def corrupt(where: str, error: BaseException) -> CorruptImageError:
+  """The one-line error for an image that cannot be decoded, naming ``where``."""
+  if isinstance(error, UnidentifiedImageError):
+    reason = "not a recognised image format"
+  else:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+  return CorruptImageError(f"{where} cannot be decoded ({reason}). {SKIP_HINT}",
+                           what=f"{where} ({reason})")
 
 
 def _mode(channels: int) -> str:
@@ -61,13 +77,13 @@ def draft_scale(crop_h: int, crop_w: int, size: int) -> int:
 
 def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), channels: int = 3,
-                        draft: bool = True) -> np.ndarray:
+                        draft: bool = True, sampler: str = "torchvision") -> np.ndarray:
   """``augment.random_resized_crop`` of the decoded image, decoding at reduced size
   (``draft``) when the crop allows. Same RNG draws, same box, bicubic resize."""
   mode = _mode(channels)
   image = _open(data)
   width, height = image.size
-  top, left, h, w = augment.rrc_box(rng, height, width, scale, ratio)
+  top, left, h, w = augment.rrc_sampler(sampler)(rng, height, width, scale, ratio)
   reduction = draft_scale(h, w, size) if draft else 1
   if reduction > 1 or mode == "L":
     # draft() picks the largest power of two <= min(W // w', H // h') and says which;
@@ -98,8 +114,10 @@ class JpegImage:
   def _decoding(self, fn, *args):
     try:
       return fn(self.data, *args)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      raise DataError(f"{self.where} cannot be decoded: {e}") from None
+    except UserError:
+      raise
+    except DECODE_ERRORS as e:
+      raise corrupt(self.where, e) from None
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -117,8 +135,9 @@ class JpegImage:
     return out if dtype is None else out.astype(dtype)
 
   def random_resized_crop(self, rng: np.random.Generator, size: int, scale=(0.2, 1.0),
-                          ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-    return self._decoding(random_resized_crop, rng, size, scale, ratio, self.channels)
+                          ratio=(3 / 4, 4 / 3), sampler: str = "torchvision") -> np.ndarray:
+    return self._decoding(random_resized_crop, rng, size, scale, ratio, self.channels, True,
+                          sampler)
 
   def __repr__(self):
     return f"JpegImage({len(self.data)} bytes, channels={self.channels})"

@@ -22,17 +22,29 @@ per-record augmentation, passed in as a transform factory (``train_transform`` f
 pretraining and the linear probe, ``finetune_augment.train_transform`` for
 fine-tuning). Evaluation batches (``eval_batches``) follow the same rule: global
 batch ``k`` is examples ``[k*B, (k+1)*B)`` of the split in order, padded.
+
+Batches hold uint8 images: the trainer normalises them inside the jitted step
+(``mae_jax.train.step.to_model_input``), so a step moves a quarter of the bytes
+of float32 to the device. ``eval_arrays`` (whole arrays for grids and probes)
+returns normalised floats.
+
+An image that cannot be decoded stops the run with a ``CorruptImageError`` naming
+it; with ``data.skip_corrupt`` it is logged, counted and replaced in training by
+the next decodable record of the source (a pure function of the index, so runs
+stay deterministic and resumable), and left out of evaluation.
 """
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 
 import grain
 import numpy as np
 
 from mae_jax.data import augment
 from mae_jax.data.sources import open_source
-from mae_jax.errors import ConfigError, DataError
+from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 
 def normalization_stats(source, data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -62,44 +74,79 @@ def _read(source, index: int) -> dict:
   except DataError:
     raise
   except Exception as e:  # a corrupt record: say which one
-    raise DataError(f"{source.name}: record {index} cannot be read or decoded: {e}") from None
+    what = f"{source.name}: record {index} ({str(e).splitlines()[0] if str(e) else e!r})"
+    raise CorruptImageError(f"{what} cannot be read or decoded.", what=what) from None
 
 
-class IndexedSource:
-  """Adapts a source so that every read error names the record."""
+class Records:
+  """Reads records of a source and applies a transform; every error names the image.
 
-  def __init__(self, source):
+  With ``skip_corrupt`` an image that cannot be decoded is logged and counted
+  (``skipped``) instead of stopping the run.
+  """
+
+  def __init__(self, source, skip_corrupt: bool = False):
     self.source = source
+    self.skip_corrupt = bool(skip_corrupt)
+    self.skipped = 0
+    self._lock = threading.Lock()
 
-  def __len__(self):
+  def __len__(self) -> int:
     return len(self.source)
 
-  def __getitem__(self, index):
-    return _read(self.source, index)
+  def _skip(self, error: CorruptImageError) -> None:
+    if not self.skip_corrupt:
+      raise error
+    with self._lock:
+      self.skipped += 1
+      count = self.skipped
+    logging.warning("skipped undecodable image %s (%d skipped so far in this process)",
+                    error.what, count)
+
+  def get(self, index: int, fn, *args):
+    """``fn(record, *args)`` of record ``index``, or None if it is corrupt and skipped."""
+    try:
+      return fn(_read(self.source, index), *args)
+    except CorruptImageError as e:
+      self._skip(e)
+      return None
+
+  def get_or_next(self, index: int, fn, *args):
+    """``fn(record, *args)`` of record ``index`` or, skipping corrupt ones, of the next
+    decodable record (wrapping around)."""
+    n = len(self.source)
+    for offset in range(n):
+      out = self.get((index + offset) % n, fn, *args)
+      if out is not None:
+        return out
+    raise DataError(f"{self.source.name}: none of its {n} images can be decoded.")
 
 
-def _crop_flip_normalize(record: dict, rng: np.random.Generator, *, size, scale, ratio,
-                         hflip, channels, mean, std) -> dict:
-  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio)
+def _crop_flip(record: dict, rng: np.random.Generator, *, size, scale, ratio, sampler,
+               hflip, channels) -> dict:
+  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio, sampler)
   if hflip and rng.random() < 0.5:
     image = image[:, ::-1]
-  image = augment.match_channels(image, channels)
-  return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"])}
+  image = augment.match_channels(np.ascontiguousarray(image), channels)
+  return {"image": image, "label": np.int32(record["label"])}
 
 
 def train_transform(data_config, mean, std):
-  """RandomResizedCrop + flip + normalise: pretraining and the linear probe."""
+  """RandomResizedCrop + flip (uint8 out): pretraining and the linear probe."""
+  del mean, std  # normalised on the device
   aug = data_config.augment
+  sampler = aug.get("rrc_sampler", "torchvision")
+  augment.rrc_sampler(sampler)  # an unknown name fails here, not in a worker
   return functools.partial(
-      _crop_flip_normalize, size=data_config.image_size, scale=tuple(aug.rrc_scale),
-      ratio=tuple(aug.rrc_ratio), hflip=aug.hflip, channels=data_config.channels,
-      mean=mean, std=std)
+      _crop_flip, size=data_config.image_size, scale=tuple(aug.rrc_scale),
+      ratio=tuple(aug.rrc_ratio), sampler=sampler, hflip=aug.hflip,
+      channels=data_config.channels)
 
 
-def _eval_transform(record: dict, *, size, channels, mean, std, crop_pct=0.875) -> dict:
+def _eval_transform(record: dict, *, size, channels, crop_pct=0.875) -> dict:
   image = augment.center_crop(record["image"], size, crop_pct)
   image = augment.match_channels(image, channels)
-  return {"image": augment.normalize(image, mean, std), "label": np.int32(record["label"])}
+  return {"image": image, "label": np.int32(record["label"])}
 
 
 def stack_records(records):
@@ -185,12 +232,14 @@ def train_dataset(data_config, *, global_batch: int, seed: int, process_index: i
   if rows is None:
     rows = process_rows(global_batch, process_index, process_count)
   rows = _checked_rows(rows, global_batch)
-  ds = grain.MapDataset.source(IndexedSource(source))
-  if len(ds) < global_batch:
-    raise DataError(f"{source.name} has {len(ds)} examples, fewer than one batch of "
+  if len(source) < global_batch:
+    raise DataError(f"{source.name} has {len(source)} examples, fewer than one batch of "
                     f"{global_batch}.")
-  # the global stream
-  ds = ds.seed(seed).shuffle().repeat().random_map(transform(data_config, mean, std))
+  records = Records(source, data_config.get("skip_corrupt", False))
+  fn = transform(data_config, mean, std)
+  # the global stream: shuffled indices, each read and augmented with its own RNG
+  ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat().random_map(
+      lambda index, rng: records.get_or_next(index, fn, rng))
   ds = _GlobalBatchRows(ds, global_batch, rows)
   ds = ds.batch(len(rows), drop_remainder=True, batch_fn=stack_records)
   return ds, source
@@ -216,28 +265,28 @@ def eval_batches(data_config, split: str, *, global_batch: int, rows=None,
 
   Global batch ``k`` holds examples ``[k*B, (k+1)*B)`` (centre crop at
   ``data.eval_crop_pct``); rows past the end of the split are zeros with
-  ``valid == False``. A process yields the ``rows`` of each global batch (all of
-  them by default), so every process yields the same number of batches and the
-  evaluated examples do not depend on the process count. Streamed: ImageNet's
-  validation set does not fit in memory as floats.
+  ``valid == False``, as are skipped corrupt images (``data.skip_corrupt``). Images
+  are uint8. A process yields the ``rows`` of each global batch (all of them by
+  default), so every process yields the same number of batches and the evaluated
+  examples do not depend on the process count. Streamed: ImageNet's validation set
+  does not fit in memory.
   """
-  source, mean, std = open_checked(data_config, split)
+  source, _, _ = open_checked(data_config, split)
   rows = _checked_rows(range(global_batch) if rows is None else rows, global_batch)
   n = len(source) if not max_examples else min(int(max_examples), len(source))
   num_batches = -(-n // global_batch)
   size, channels = data_config.image_size, data_config.channels
-  transform = functools.partial(_eval_transform, size=size, channels=channels, mean=mean,
-                                std=std, crop_pct=float(data_config.get("eval_crop_pct",
-                                                                        0.875)))
-  padding = {"image": np.zeros((size, size, channels), np.float32), "label": np.int32(0),
+  transform = functools.partial(_eval_transform, size=size, channels=channels,
+                                crop_pct=float(data_config.get("eval_crop_pct", 0.875)))
+  padding = {"image": np.zeros((size, size, channels), np.uint8), "label": np.int32(0),
              "valid": np.bool_(False)}
+  records = Records(source, data_config.get("skip_corrupt", False))
 
   def example(i: int) -> dict:
     batch, row = divmod(i, len(rows))
     index = batch * global_batch + rows[row]
-    if index >= n:
-      return padding
-    return {**transform(_read(source, index)), "valid": np.bool_(True)}
+    out = records.get(index, transform) if index < n else None
+    return padding if out is None else {**out, "valid": np.bool_(True)}
 
   ds = grain.MapDataset.range(num_batches * len(rows)).map(example)
   ds = ds.batch(len(rows), batch_fn=stack_records)
@@ -248,16 +297,17 @@ def eval_arrays(data_config, split: str, max_examples: int | None = None,
                 process_index: int = 0, process_count: int = 1):
   """Whole split (or its first ``max_examples``), un-augmented, as NumPy arrays.
 
-  Returns ``(images [N, H, W, C] float32 normalised, labels [N] int32)``.
+  Returns ``(images [N, H, W, C] float32 normalised, labels [N] int32)``; corrupt
+  images skipped (``data.skip_corrupt``) are left out.
   """
   source, mean, std = open_checked(data_config, split)
   n = len(source) if not max_examples else min(max_examples, len(source))
-  indices = range(process_index, n, process_count)
-  records = [_eval_transform(_read(source, i), size=data_config.image_size,
-                             channels=data_config.channels, mean=mean, std=std)
-             for i in indices]
-  batch = stack_records(records)
-  return batch["image"], batch["label"]
+  records = Records(source, data_config.get("skip_corrupt", False))
+  transform = functools.partial(_eval_transform, size=data_config.image_size,
+                                channels=data_config.channels)
+  examples = [records.get(i, transform) for i in range(process_index, n, process_count)]
+  batch = stack_records([e for e in examples if e is not None])
+  return augment.normalize(batch["image"], mean, std), batch["label"]
 
 
 def normalization(data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:

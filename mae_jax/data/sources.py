@@ -1,19 +1,25 @@
-"""Random-access image sources: IDX files (the embedded Fashion-MNIST) and TFDS.
+"""Random-access image sources: IDX files (the embedded Fashion-MNIST), TFDS, and
+folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFolder).
 
 Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
 ``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
-They feed the same grain pipeline (``mae_jax.data.pipeline``).
+They feed the same grain pipeline (``mae_jax.data.pipeline``). An image that
+cannot be decoded raises ``CorruptImageError`` naming the file or record.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
+import io
+import logging
 import os
 import struct
 
 import numpy as np
+from etils import epath
 
-from mae_jax.errors import DataError
+from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 # The Debian package `dataset-fashion-mnist` installs the IDX files here.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -22,6 +28,21 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 # Per-channel statistics of the Fashion-MNIST training split.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# torchvision.datasets.folder.IMG_EXTENSIONS: the files an ImageFolder reads
+# (matched case-insensitively); other files are ignored, as there.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SOURCES = ("auto", "idx", "tfds", "folder")
+
+
+def default_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Normalisation of a dataset without its own statistics in ``data.mean/std``."""
+  if name == "fashion_mnist":
+    return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+  if channels == 3:
+    return IMAGENET_MEAN, IMAGENET_STD
+  return (0.5,), (0.5,)
+
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
                0x0E: ">f8"}
@@ -125,12 +146,7 @@ class TfdsSource:
     self.num_classes = info.features["label"].num_classes if "label" in info.features else 0
     shape = info.features["image"].shape
     self.channels = shape[-1] if shape[-1] else 3
-    if name == "fashion_mnist":
-      self.mean, self.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    elif self.channels == 3:
-      self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-      self.mean, self.std = (0.5,), (0.5,)
+    self.mean, self.std = default_stats(name, self.channels)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -147,11 +163,137 @@ class TfdsSource:
     return {"image": image, "label": int(record.get("label", -1))}
 
 
+# ----------------------------------------------------------------- image folders
+
+
+def _image_mode(channels: int) -> str:
+  if channels not in (1, 3):
+    raise ConfigError(f"data.channels must be 1 or 3, got {channels}.")
+  return "L" if channels == 1 else "RGB"
+
+
+def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
+  """The image file at ``path`` (local or any path etils.epath opens, e.g. ``gs://``)
+  as uint8 ``[H, W, channels]``: grey, palette, RGBA and CMYK images are converted
+  (PIL ``convert``, as torchvision's ``pil_loader`` does for RGB). With ``lazy_jpeg``
+  a JPEG stays encoded (``jpeg.JpegImage``; its crop decodes only what it needs).
+  A file that cannot be read or decoded raises ``CorruptImageError`` naming it.
+  """
+  from PIL import Image
+  from mae_jax.data import jpeg
+  mode = _image_mode(channels)
+  try:
+    data = epath.Path(path).read_bytes()
+  except OSError as e:
+    reason = e.strerror or str(e)
+    raise CorruptImageError(f"{path} cannot be read ({reason}). {jpeg.SKIP_HINT}",
+                            what=f"{path} ({reason})") from None
+  if lazy_jpeg and data[:2] == b"\xff\xd8":
+    return jpeg.JpegImage(data, channels, str(path))
+  try:
+    image = Image.open(io.BytesIO(data))
+    image = image if image.mode == mode else image.convert(mode)
+    out = np.asarray(image)
+  except jpeg.DECODE_ERRORS as e:
+    raise jpeg.corrupt(str(path), e) from None
+  return out[..., None] if out.ndim == 2 else out
+
+
+def find_classes(directory) -> list[str]:
+  """Sorted names of the sub-folders of ``directory`` (torchvision's ``find_classes``)."""
+  return sorted(p.name for p in epath.Path(directory).iterdir() if p.is_dir())
+
+
+@functools.lru_cache(maxsize=8)
+def scan_image_folder(directory: str) -> tuple[tuple[str, ...], dict]:
+  """``(classes, {class: (image paths, ...)})`` of ``directory/<class>/...``.
+
+  The order of torchvision's ``make_dataset``: classes sorted, then the folders
+  under a class (walked recursively) sorted by path, then file names sorted; only
+  ``IMG_EXTENSIONS`` files. Cached: a run opens a split several times.
+  """
+  classes = find_classes(directory)
+  files = {}
+  for name in classes:
+    walked = sorted((str(root), filenames)
+                    for root, _, filenames in (epath.Path(directory) / name).walk())
+    files[name] = tuple(os.path.join(root, f) for root, filenames in walked
+                        for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS))
+  return tuple(classes), files
+
+
+class FolderSource:
+  """Image files in ``root/<split>/<class>/...``, the layout of torchvision's
+  ``ImageFolder`` (and of the official MAE code's ImageNet): same classes, same
+  labels, same sample order.
+
+  Labels come from the class folders of ``classes_split`` (the training split), so
+  a validation folder that lacks a class keeps every other label right; a class
+  the training split does not have is an error. JPEGs are handed over encoded
+  (``jpeg.JpegImage``), other formats decoded; every image becomes ``channels``
+  channels.
+  """
+
+  def __init__(self, root: str, split: str, channels: int = 3,
+               classes_split: str | None = None):
+    directory = epath.Path(root) / split
+    if not directory.is_dir():
+      raise DataError(f"{directory} is not a folder: data.source=folder reads "
+                      f"DATA_DIR/<split>/<class>/<image> (here split {split!r}; set "
+                      "--config.data.data_dir, and data.split / data.eval_split to the "
+                      "sub-folder names).")
+    self.name = str(directory)
+    own_classes, files = scan_image_folder(self.name)
+    if not own_classes:
+      raise DataError(f"{directory} has no class sub-folders; put the images in "
+                      f"{directory}/<class>/.")
+    empty = [c for c in own_classes if not files[c]]
+    if empty:
+      raise DataError(f"{directory}: class folder(s) {', '.join(empty[:5])} hold no image "
+                      f"files ({', '.join(IMG_EXTENSIONS)}); add images or remove them.")
+    self.classes = self._label_classes(root, split, classes_split, own_classes)
+    self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+    self.samples = [(path, self.class_to_idx[c]) for c in own_classes for path in files[c]]
+    self.num_classes = len(self.classes)
+    self.channels = channels
+    _image_mode(channels)
+    self.mean, self.std = default_stats("", channels)
+
+  def _label_classes(self, root, split, classes_split, own_classes):
+    if not classes_split or classes_split == split:
+      return own_classes
+    reference = epath.Path(root) / classes_split
+    if not reference.is_dir():
+      logging.warning("%s is missing: labels of %s follow its own class folders",
+                      reference, self.name)
+      return own_classes
+    classes, _ = scan_image_folder(str(reference))
+    unknown = sorted(set(own_classes) - set(classes))
+    if unknown:
+      raise DataError(f"{self.name} has class folder(s) {', '.join(unknown[:5])} that "
+                      f"{reference} does not have: labels would not match. Use the same "
+                      "class folder names in every split.")
+    return classes
+
+  def __len__(self) -> int:
+    return len(self.samples)
+
+  def __getitem__(self, index: int) -> dict:
+    path, label = self.samples[index]
+    return {"image": read_image(path, self.channels, lazy_jpeg=True), "label": label}
+
+
 def open_source(data_config, split: str):
   """The source named by ``config.data`` for one split, or a clear ``DataError``."""
   name, kind = data_config.name, data_config.source
-  if kind not in ("auto", "idx", "tfds"):
-    raise DataError(f"data.source={kind!r} is unknown; choose auto, idx or tfds.")
+  if kind not in SOURCES:
+    raise DataError(f"data.source={kind!r} is unknown; choose {', '.join(SOURCES)}.")
+  if kind == "folder":
+    if not data_config.data_dir:
+      raise ConfigError("data.source=folder needs --config.data.data_dir=DIR with "
+                        "DIR/<split>/<class>/<image files> (e.g. DIR/train, DIR/val).")
+    return FolderSource(data_config.data_dir, split, data_config.channels,
+                        classes_split=data_config.split)
   if name == "fashion_mnist" and kind in ("auto", "idx"):
     idx_dir = data_config.idx_dir or DEBIAN_FASHION_MNIST
     try:

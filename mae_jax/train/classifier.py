@@ -145,15 +145,45 @@ def mix_batch(images, labels, mix, *, num_classes: int, smoothing: float):
   return out, y * target_lam + y[::-1] * (1.0 - target_lam)
 
 
+def erase_batch(images, boxes, key, mode: str = "pixel"):
+  """timm RandomErasing on normalised ``[B, H, W, C]`` images, one box per image from
+  ``finetune_augment.erase_params`` (``[B, 4]`` top, left, h, w; h = 0: none).
+
+  Inside a box pixels become N(0, 1) noise (``pixel``: per pixel and channel;
+  ``rand``: one value per channel; ``const``: 0), as ``finetune_augment.random_erasing``
+  does on the host (same boxes, other noise draws).
+  """
+  b, h, w, c = images.shape
+  top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+  rows = jnp.arange(h)[None, :, None]
+  cols = jnp.arange(w)[None, None, :]
+  inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+  if mode == "pixel":
+    fill = jax.random.normal(key, images.shape, images.dtype)
+  elif mode == "rand":
+    fill = jax.random.normal(key, (b, 1, 1, c), images.dtype)
+  else:
+    fill = jnp.zeros((), images.dtype)
+  return jnp.where(inside[..., None], fill, images)
+
+
 def finetune_step_fn(model, tx, lr_fn, seed: int, ema_decay: float | None,
-                     num_classes: int, smoothing: float):
-  """``train_step(state, batch)``: mixing, soft-target cross-entropy, optional EMA."""
+                     num_classes: int, smoothing: float, pixel_stats=None,
+                     erase_mode: str | None = None):
+  """``train_step(state, batch)``: normalisation of uint8 images (with
+  ``pixel_stats``), random erasing (with ``erase_mode``, boxes in ``batch["erase"]``),
+  mixing, soft-target cross-entropy, optional EMA."""
   base_key = jax.random.fold_in(jax.random.key(seed), 3)
+  erase_key = jax.random.fold_in(jax.random.key(seed), 4)
   ema_tx = optax.ema(ema_decay, debias=False) if ema_decay else None
 
   def train_step(state: ClassifierState, batch):
     rng = jax.random.fold_in(base_key, state.step)
-    images, targets = mix_batch(batch["image"], batch["label"], batch["mix"],
+    images = step_lib.to_model_input(batch["image"], pixel_stats)
+    if erase_mode is not None:
+      images = erase_batch(images, batch["erase"], jax.random.fold_in(erase_key, state.step),
+                           erase_mode)
+    images, targets = mix_batch(images, batch["label"], batch["mix"],
                                 num_classes=num_classes, smoothing=smoothing)
 
     def loss_fn(params):
@@ -175,11 +205,13 @@ def finetune_step_fn(model, tx, lr_fn, seed: int, ema_decay: float | None,
   return train_step
 
 
-def linprobe_step_fn(model, tx, lr_fn):
-  """``train_step(state, batch)``: only ``params["head"]`` (and BatchNorm stats) move."""
+def linprobe_step_fn(model, tx, lr_fn, pixel_stats=None):
+  """``train_step(state, batch)``: only ``params["head"]`` (and BatchNorm stats) move.
+  With ``pixel_stats`` the images are uint8, normalised in the step."""
 
   def train_step(state: ClassifierState, batch):
-    features = model.apply({"params": state.params}, batch["image"], train=False,
+    images = step_lib.to_model_input(batch["image"], pixel_stats)
+    features = model.apply({"params": state.params}, images, train=False,
                            method=model.features)
     features = jax.lax.stop_gradient(features)
 
@@ -223,13 +255,14 @@ def validate(config) -> None:
 
 def check_num_classes(config) -> None:
   """The dataset's labels must fit the head (a label >= num_classes would be dropped)."""
-  known = getattr(open_source(config.data, config.data.split), "num_classes", 0)
+  source = open_source(config.data, config.data.split)
+  known = getattr(source, "num_classes", 0)
   if known and known > config.num_classes:
-    raise ConfigError(f"{config.data.name} has {known} classes but num_classes="
+    raise ConfigError(f"{source.name} has {known} classes but num_classes="
                       f"{config.num_classes}; set --config.num_classes={known}.")
   if known and known < config.num_classes:
     logging.warning("%s has %d classes; the head has num_classes=%d outputs.",
-                    config.data.name, known, config.num_classes)
+                    source.name, known, config.num_classes)
 
 
 # =========================================================================== task
@@ -255,15 +288,19 @@ class ClassifierTask:
     tx, opt_init = optimizer(c, schedule)
     state, shardings = create_state(self.model, opt_init, mesh, image_shape, c.seed,
                                     self.ema_decay)
+    pixel_stats = pipeline.normalization(c.data)
     if self.finetune:
+      aug = c.data.augment
       fn = finetune_step_fn(self.model, tx, lr_fn, c.seed, self.ema_decay, c.num_classes,
-                            float(c.data.augment.label_smoothing))
+                            float(aug.label_smoothing), pixel_stats,
+                            aug.remode if aug.reprob > 0 else None)
     else:
-      fn = linprobe_step_fn(self.model, tx, lr_fn)
+      fn = linprobe_step_fn(self.model, tx, lr_fn, pixel_stats)
     self.shardings = {"image": sharding_lib.batch_sharding(mesh),
                       "label": sharding_lib.batch_sharding(mesh, 1)}
     if self.finetune:
       self.shardings["mix"] = sharding_lib.replicated(mesh)
+      self.shardings["erase"] = sharding_lib.batch_sharding(mesh, 2)
     logging.info("classifier %s (%s pooling, %d classes)", c.model.name, c.model.pool,
                  c.num_classes)
     return state, shardings, step_lib.jit_step(fn, mesh, shardings, self.shardings)
@@ -281,6 +318,7 @@ class ClassifierTask:
     c = self.config
     batch = {"image": host_batch["image"], "label": host_batch["label"]}
     if self.finetune:
+      batch["erase"] = host_batch["erase"]
       aug = c.data.augment
       # The same draws on every process; the trailing 0 keeps single-process runs
       # of earlier versions on their trajectory.

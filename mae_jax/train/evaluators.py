@@ -26,6 +26,7 @@ from mae_jax.data import pipeline
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import probe
+from mae_jax.train import step as step_lib
 
 EVAL_FILE = "eval.json"
 
@@ -193,9 +194,11 @@ class Classification:
         max_examples=config.data.eval_max_examples or None)
     self.batch = batch
     k = min(5, model.num_classes)
+    pixel_stats = pipeline.normalization(config.data)
 
     @jax.jit
-    def counts(variables, images, labels, valid):
+    def counts(variables, images, labels, valid):  # images: uint8, normalised here
+      images = step_lib.to_model_input(images, pixel_stats)
       logits = model.apply(variables, images, train=False)
       top = jax.lax.top_k(logits, k)[1]
       hit1 = (top[:, 0] == labels) & valid

@@ -39,7 +39,8 @@ class PretrainTask:
     image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
     state, shardings = step_lib.create_train_state(self.model, tx, mesh, image_shape, c.seed)
     self.images_sharding = sharding_lib.batch_sharding(mesh)
-    train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed)
+    train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed,
+                                          pipeline.normalization(c.data))
     return state, shardings, train_step
 
   def initialize(self, state, mesh):

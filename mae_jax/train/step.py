@@ -18,6 +18,22 @@ from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train.state import TrainState
 
 
+def to_model_input(images: jax.Array, pixel_stats=None) -> jax.Array:
+  """The model's input from a batch as the input pipeline ships it.
+
+  uint8 pixels become float32 ``(x - 255 mean) / (255 std)`` (``pixel_stats`` =
+  ``(mean, std)`` in [0, 1] units, the host's ``augment.normalize`` formula), so
+  host->device transfers carry a byte per value instead of four. With
+  ``pixel_stats=None`` the images are taken as already normalised floats.
+  """
+  if pixel_stats is None:
+    return images
+  if images.dtype != jnp.uint8:
+    raise TypeError(f"expected uint8 images to normalise, got {images.dtype}")
+  mean, std = (jnp.asarray(v, jnp.float32) * 255.0 for v in pixel_stats)
+  return (images.astype(jnp.float32) - mean) / std
+
+
 def init_rngs(seed: int) -> dict:
   key = jax.random.key(seed)
   return {"params": jax.random.fold_in(key, 0), "masking": jax.random.fold_in(key, 1)}
@@ -72,17 +88,20 @@ def create_train_state(model, tx, mesh, image_shape, seed: int = 0):
   return create_sharded(init, mesh)
 
 
-def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int):
+def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_stats=None):
   """``step(state, images) -> (state, metrics)``: one jit, donated state.
 
   The masking RNG is ``fold_in(key(seed), step)``: a resumed run masks exactly as
   an uninterrupted one, whatever the mesh. ``lr_fn(step)`` is the logged lr (the
-  one the optimizer applies for this micro-batch, ``optim.applied_lr``).
+  one the optimizer applies for this micro-batch, ``optim.applied_lr``). With
+  ``pixel_stats`` (mean, std) the step takes uint8 images and normalises them
+  (``to_model_input``); without, normalised floats.
   """
   base_key = jax.random.fold_in(jax.random.key(seed), 2)
 
   def train_step(state: TrainState, images: jax.Array):
     rng = jax.random.fold_in(base_key, state.step)
+    images = to_model_input(images, pixel_stats)
 
     def loss_fn(params):
       loss, _, _ = model.apply({"params": params}, images, train=True,
