@@ -15,6 +15,8 @@ pipeline in its own process pinned to one core (``os.sched_setaffinity``):
   grain          the same pipeline as the trainer runs it now: the source hands over
                  JPEG bytes and ``mae_jax.data.jpeg`` decodes with PIL draft mode
                  (reduced-size DCT decode when the crop allows)
+  (the grain rows yield uint8 batches, as the trainer ships them: normalisation runs
+  in the jitted step, so they do less host work than rows measured before that)
   tf_data        tf.data: ``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``
                  + bicubic (antialiased) resize + flip + normalise + batch
   components     CPU ms per image of each piece (header, decode, resize, normalise...)

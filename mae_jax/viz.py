@@ -1,5 +1,6 @@
 """Reconstruction grids: original | masked input | reconstruction | reconstruction
-with the visible patches pasted back. ``mae-jax visualize`` writes one as PNG.
+with the visible patches pasted back. ``mae-jax visualize`` writes one as PNG, of
+dataset images or of the user's own files (``load_images``).
 """
 from __future__ import annotations
 
@@ -58,6 +59,24 @@ def grid_image(rows: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
   if scale > 1:
     out = np.repeat(np.repeat(out, scale, 0), scale, 1)
   return out
+
+
+def load_images(paths, size: int, channels: int) -> np.ndarray:
+  """Image files (local or ``gs://``; JPEG, PNG, ...) as uint8 ``[N, size, size,
+  channels]``: the shorter side resized to ``size`` (bicubic), then centre-cropped."""
+  from etils import epath
+  from mae_jax.data import augment, sources
+  from mae_jax.errors import CorruptImageError, DataError
+  out = []
+  for path in paths:
+    if not epath.Path(path).exists():
+      raise DataError(f"--images: {path} does not exist.")
+    try:
+      image = sources.read_image(path, channels)
+    except CorruptImageError as e:
+      raise DataError(f"--images: {e.what} is not an image that can be decoded.") from None
+    out.append(augment.center_crop(image, size, crop_pct=1.0))
+  return np.stack(out)
 
 
 def save_png(image: np.ndarray, path: str) -> None:

@@ -6,7 +6,9 @@ Per example, in the grain pipeline (PIL/NumPy, driven by the record's
 * RandomResizedCrop (bicubic) + horizontal flip (``mae_jax.data.augment``);
 * RandAugment ``rand-m9-mstd0.5-inc1`` (``rand_augment``): 2 ops per image drawn
   with replacement from timm's 15 "increasing" ops, each applied with
-  probability 0.5 at magnitude ``N(9, 0.5)`` clipped to [0, 10];
+  probability 0.5 at magnitude ``N(9, 0.5)`` clipped to [0, 10]; geometric ops
+  resample bicubically (timm built with ``interpolation='bicubic'``, as the
+  official fine-tuning does);
 * RandomErasing (timm's ``pixel`` mode: probability 0.25, one box of 2%-33% of the
   area, aspect 0.3-3.3, filled with N(0, 1) noise per pixel and channel of the
   normalised image). The box is drawn here (``erase_params``, shipped with the

@@ -38,12 +38,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import types
 
 import grain
 import numpy as np
 
 from mae_jax.data import augment
-from mae_jax.data.sources import open_source
+from mae_jax.data.sources import default_stats, open_source
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 
@@ -310,6 +311,20 @@ def eval_arrays(data_config, split: str, max_examples: int | None = None,
   return augment.normalize(batch["image"], mean, std), batch["label"]
 
 
-def normalization(data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """The mean/std the pipeline uses for this config (for un-normalising images)."""
-  return normalization_stats(open_source(data_config, data_config.split), data_config)
+def normalization(data_config, dataset_required: bool = True):
+  """The mean/std the pipeline uses for this config (for un-normalising images).
+
+  With ``dataset_required=False`` (images from elsewhere, e.g. ``visualize
+  --images``) a dataset that is not available here falls back to
+  ``sources.default_stats`` of its name and channels (or ``data.mean/std``).
+  """
+  try:
+    return normalization_stats(open_source(data_config, data_config.split), data_config)
+  except DataError as e:
+    if dataset_required:
+      raise
+    logging.info("dataset not available (%s); normalising with the default statistics "
+                 "for its name and channels", str(e).splitlines()[0][:120])
+    mean, std = default_stats(data_config.name, data_config.channels)
+    return normalization_stats(types.SimpleNamespace(mean=mean, std=std), data_config)
+
