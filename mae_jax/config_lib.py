@@ -44,6 +44,38 @@ def profile_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(start_step=0, num_steps=3))
 
 
+def monitor_defaults() -> ml_collections.ConfigDict:
+  """The k-NN representation monitor of pretraining (``evaluators.KnnMonitor``).
+
+  Every ``every_steps`` (0: off) a weighted k-NN classifier (cosine similarity of the
+  mean-pooled, L2-normalised encoder features, votes ``exp(sim / temperature)``)
+  with the first ``bank_size`` images of ``data.split`` as memory bank scores the
+  first ``query_size`` images of ``data.eval_split``; logged as ``monitor/knn_top1``.
+  """
+  return ml_collections.ConfigDict(dict(every_steps=0, bank_size=10000, query_size=2000,
+                                        k=20, temperature=0.07))
+
+
+def validate_monitor(monitor) -> None:
+  """ConfigError for a ``monitor`` section the k-NN monitor cannot run with."""
+  def integer(key: str, minimum: int) -> int:
+    value = monitor[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ConfigError(f"monitor.{key}={value!r} must be an integer >= {minimum}.")
+    return value
+
+  if integer("every_steps", 0) == 0:
+    return
+  k = integer("k", 1)
+  if integer("bank_size", 1) < k:
+    raise ConfigError(f"monitor.bank_size={monitor.bank_size} is smaller than "
+                      f"monitor.k={k}; the bank needs at least k images.")
+  integer("query_size", 1)
+  if not float(monitor.temperature) > 0:
+    raise ConfigError(f"monitor.temperature={monitor.temperature} must be positive "
+                      "(DINO's k-NN uses 0.07).")
+
+
 def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   """Every key a pretraining run reads, with the official MAE recipe's values."""
   c = ml_collections.ConfigDict()
@@ -69,6 +101,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.probe = ml_collections.ConfigDict(dict(enabled=False, max_train=60000, max_test=10000,
                                            steps=300, lr=0.1, weight_decay=1e-4,
                                            features="mean"))  # mean, cls or patches
+  c.monitor = monitor_defaults()
   c.profile = profile_defaults()
   return c
 

@@ -11,6 +11,7 @@ demo's quick linear probe).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -72,6 +73,38 @@ class EvalLog:
     self.data.update(values)
     if self.enabled:
       self.path.write_text(json.dumps(self.data, indent=2))
+
+
+class ShardedSplit:
+  """The first ``max_examples`` (0: all) of a split as global batches, in order.
+
+  Iterating yields ``(images, labels, valid)`` global arrays split over the mesh's
+  data-parallel devices; each process reads only the rows its devices hold, so the
+  batches do not depend on the process count. ``requested_batch`` is rounded up to a
+  multiple of the data-parallel size; padding rows (and rows past the end of the
+  split) have ``valid == False``.
+  """
+
+  def __init__(self, data_config, split: str, mesh, requested_batch: int,
+               max_examples: int | None = None):
+    dp = mesh_lib.data_parallel_size(mesh)
+    batch = -(-int(requested_batch) // dp) * dp
+    if batch != requested_batch:
+      logging.info("eval batch %d rounded up to %d (a multiple of the data-parallel size "
+                   "%d); padding rows are not counted", requested_batch, batch, dp)
+    self.batch = batch
+    self.image_sharding = sharding_lib.batch_sharding(mesh)
+    self.vector_sharding = sharding_lib.batch_sharding(mesh, 1)
+    rows = sharding_lib.process_batch_rows(self.image_sharding, batch)
+    self.num_batches, self._batches = pipeline.eval_batches(
+        data_config, split, global_batch=batch, rows=rows, max_examples=max_examples or None)
+
+  def __iter__(self):
+    for batch in self._batches():
+      yield tuple(
+          jax.make_array_from_process_local_data(s, batch[n], (self.batch,) + batch[n].shape[1:])
+          for s, n in ((self.image_sharding, "image"), (self.vector_sharding, "label"),
+                       (self.vector_sharding, "valid")))
 
 
 # --------------------------------------------------------------------- MAE pretraining
@@ -161,14 +194,124 @@ class DemoProbe:
             "probe_train_images": int(len(train[1])), "probe_test_images": int(len(test[1]))}
 
 
+def knn_correct(bank, bank_labels, bank_valid, queries, query_labels, query_valid, *,
+                k: int, temperature: float, mesh):
+  """``[correct, counted]`` of a weighted k-NN classifier (Wu et al. 2018; DINO's
+  ``eval_knn``) over L2-normalised features, as int32 replicated on every device.
+
+  ``bank``/``queries``: ``[chunks, rows, D]`` with ``rows`` split over the mesh's
+  data-parallel devices; ``*_labels``, ``*_valid``: ``[chunks, rows]``. A query's
+  neighbours are the ``k`` valid bank rows of highest cosine similarity; each votes
+  for its label with weight ``exp(sim / temperature)``, the prediction is the label
+  with the most weight. Each device scores every query against its own bank rows
+  and keeps its local top ``k``; only those (and the queries' features) cross
+  devices, never the bank. Call it under ``jax.jit``.
+  """
+  axes = ("data", "fsdp")
+
+  def local(bank, bank_labels, bank_valid, queries, query_labels, query_valid):
+    dim = bank.shape[-1]
+    bank, bank_labels, bank_valid = (bank.reshape(-1, dim), bank_labels.reshape(-1),
+                                     bank_valid.reshape(-1))
+    gather = lambda x: jax.lax.all_gather(x, axes, axis=1, tiled=True)
+    queries, query_labels, query_valid = map(gather, (queries, query_labels, query_valid))
+    local_k = min(k, bank.shape[0])
+
+    def score(chunk):
+      q, labels, valid = chunk
+      sims = jnp.matmul(q, bank.T, precision=jax.lax.Precision.HIGHEST)
+      sims = jnp.where(bank_valid[None], sims, -jnp.inf)
+      sims, index = jax.lax.top_k(sims, local_k)
+      neighbours = gather(bank_labels[index])
+      sims, best = jax.lax.top_k(gather(sims), k)  # of every device's local top k
+      voters = jnp.take_along_axis(neighbours, best, -1)
+      weights = jnp.exp((sims - sims[:, :1]) / temperature)  # max-shifted: same argmax
+      same = (voters[:, :, None] == voters[:, None]).astype(weights.dtype)
+      votes = jnp.einsum("qj,qij->qi", weights, same)  # weight voting for i's label
+      predicted = jnp.take_along_axis(voters, jnp.argmax(votes, -1)[:, None], -1)[:, 0]
+      return jnp.stack([((predicted == labels) & valid).sum(), valid.sum()])
+
+    return jax.lax.map(score, (queries, query_labels, query_valid)).sum(0)
+
+  rows = jax.sharding.PartitionSpec(None, axes)
+  features = jax.sharding.PartitionSpec(None, axes, None)
+  # After the all-gathers every device holds the same candidates and counts; the
+  # type system cannot see that (all_gather keeps its input device-varying).
+  return jax.shard_map(local, mesh=mesh, in_specs=(features, rows, rows) * 2,
+                       out_specs=jax.sharding.PartitionSpec(), check_vma=False)(
+      bank, bank_labels, bank_valid, queries, query_labels, query_valid)
+
+
+class KnnMonitor:
+  """k-NN top-1 of the encoder's features while pretraining (``config.monitor``).
+
+  Features: ``probe.pooled_features`` (all patches visible, patch tokens mean-pooled),
+  L2-normalised, computed over the mesh on every process; the bank (the first
+  ``bank_size`` images of ``data.split``) stays a sharded global array and
+  ``knn_correct`` scores the queries (the first ``query_size`` of
+  ``data.eval_split``) against it; only the counts come back to the host. Logged as
+  ``monitor/knn_top1``.
+  """
+
+  name = "knn_monitor"
+
+  def __init__(self, config, model, mesh):
+    m = config.monitor
+    self.every = int(m.every_steps)
+    self.mesh = mesh
+    self.bank = ShardedSplit(config.data, config.data.split, mesh, config.batch_size,
+                             m.bank_size)
+    self.queries = ShardedSplit(config.data, config.data.eval_split, mesh,
+                                config.batch_size, m.query_size)
+    batch_rows = sharding_lib.batch_sharding(mesh, 2)
+    stacked = {n: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        None, ("data", "fsdp"), *([None] * (n - 2)))) for n in (2, 3)}
+
+    def features(params, images):
+      f = probe.pooled_features(model, params, images, "mean").astype(jnp.float32)
+      return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    self._features = jax.jit(features, out_shardings=batch_rows)
+    self._stack = jax.jit(lambda xs: jnp.stack(xs), out_shardings=stacked[3])
+    self._stack_rows = jax.jit(lambda xs: jnp.stack(xs), out_shardings=stacked[2])
+    self._knn = jax.jit(functools.partial(knn_correct, k=int(m.k),
+                                          temperature=float(m.temperature), mesh=mesh))
+
+  def has_result(self, eval_log: EvalLog) -> bool:
+    return eval_log.has("knn_top1")
+
+  def scalars(self, result: dict) -> dict:
+    return {"monitor/knn_top1": result["knn_top1"]}
+
+  def embed(self, params, split: ShardedSplit):
+    """``(features, labels, valid)`` of a split, each ``[chunks, rows, ...]``, sharded."""
+    features, labels, valid = [], [], []
+    for images, y, v in split:
+      features.append(self._features(params, images))
+      labels.append(y)
+      valid.append(v)
+    return self._stack(features), self._stack_rows(labels), self._stack_rows(valid)
+
+  def run(self, state, step: int) -> dict:
+    t0 = time.time()
+    with jax.set_mesh(self.mesh), sharding_lib.logical_rules():
+      bank = self.embed(state.params, self.bank)
+      queries = self.embed(state.params, self.queries)
+      correct, counted = (int(v) for v in jax.device_get(self._knn(*bank, *queries)))
+    top1 = correct / max(counted, 1)
+    logging.info("k-NN monitor at step %d: top-1 %.4f (%d queries, %.1f s)", step, top1,
+                 counted, time.time() - t0)
+    return {"knn_top1": top1}
+
+
 # --------------------------------------------------------------------- classifiers
 
 
 class Classification:
   """Top-1 / top-5 over an eval split, sharded over the mesh, process-count independent.
 
-  The eval batch is rounded up to a multiple of the data-parallel size (the extra
-  rows are padding, masked out), so any mesh can evaluate any ``eval_batch_size``.
+  The eval batch is rounded up to a multiple of the data-parallel size (``ShardedSplit``:
+  the extra rows are padding, masked out), so any mesh can evaluate any
+  ``eval_batch_size``.
   ``variables_fn(state)`` gives the variables to evaluate; ``extra`` names other
   variable sets (e.g. the EMA weights) reported with a prefix.
   """
@@ -180,19 +323,9 @@ class Classification:
     self.variables_fn = variables_fn
     self.extra = extra or {}
     self.mesh = mesh
-    dp = mesh_lib.data_parallel_size(mesh)
-    requested = int(config.eval_batch_size or config.batch_size)
-    batch = -(-requested // dp) * dp
-    if batch != requested:
-      logging.info("eval batch %d rounded up to %d (a multiple of the data-parallel size "
-                   "%d); padding rows are not counted", requested, batch, dp)
-    self.image_sharding = sharding_lib.batch_sharding(mesh)
-    self.vector_sharding = sharding_lib.batch_sharding(mesh, 1)
-    rows = sharding_lib.process_batch_rows(self.image_sharding, batch)
-    self.num_batches, self.batches = pipeline.eval_batches(
-        config.data, config.data.eval_split, global_batch=batch, rows=rows,
-        max_examples=config.data.eval_max_examples or None)
-    self.batch = batch
+    self.split = ShardedSplit(config.data, config.data.eval_split, mesh,
+                              config.eval_batch_size or config.batch_size,
+                              config.data.eval_max_examples)
     k = min(5, model.num_classes)
     pixel_stats = pipeline.normalization(config.data)
 
@@ -215,13 +348,8 @@ class Classification:
 
   def evaluate(self, variables) -> dict:
     total = None
-    shape = lambda a: (self.batch,) + a.shape[1:]
     with jax.set_mesh(self.mesh), sharding_lib.logical_rules():
-      for batch in self.batches():
-        arrays = [jax.make_array_from_process_local_data(s, batch[n], shape(batch[n]))
-                  for s, n in ((self.image_sharding, "image"),
-                               (self.vector_sharding, "label"),
-                               (self.vector_sharding, "valid"))]
+      for arrays in self.split:
         c = self._counts(variables, *arrays)
         total = c if total is None else total + c
     top1, top5, n = (int(v) for v in jax.device_get(total))

@@ -3,11 +3,14 @@
 The model is ``MaskedAutoencoder``; the optimizer the official AdamW recipe; the
 step ``mae_jax.train.step.make_train_step`` (masking RNG folded from seed and step,
 so a resumed run masks as an uninterrupted one). Evaluators: reconstruction grids
-every ``eval_every_steps`` and at the end; with ``probe.enabled`` the demo's quick
-linear probe (MAE encoder vs random encoder vs raw pixels) at the end.
+every ``eval_every_steps`` and at the end; with ``monitor.every_steps`` the k-NN
+top-1 of the encoder's features (``monitor/knn_top1``) every that many steps and at
+the end; with ``probe.enabled`` the demo's quick linear probe (MAE encoder vs random
+encoder vs raw pixels) at the end.
 """
 from __future__ import annotations
 
+from mae_jax import config_lib
 from mae_jax.data import pipeline
 from mae_jax.errors import ConfigError
 from mae_jax.models import registry
@@ -21,6 +24,7 @@ def validate(config) -> None:
   if not 0.0 < config.model.mask_ratio < 1.0:
     raise ConfigError(f"model.mask_ratio={config.model.mask_ratio} must be in (0, 1); "
                       "MAE uses 0.75.")
+  config_lib.validate_monitor(config.monitor)
 
 
 class PretrainTask:
@@ -55,6 +59,8 @@ class PretrainTask:
     c = self.config
     out = [evaluators_lib.Reconstructions(c, self.model, mesh, workdir, writer,
                                           c.eval_every_steps)]
+    if c.monitor.every_steps:
+      out.append(evaluators_lib.KnnMonitor(c, self.model, mesh))
     if c.probe.enabled:
       out.append(evaluators_lib.DemoProbe(c, self.model))
     return out

@@ -23,18 +23,24 @@ import optax
 FEATURES = ("mean", "cls", "patches")
 
 
-def encoder_features(model, params, images: np.ndarray, batch_size: int = 500,
-                     kind: str = "mean") -> np.ndarray:
-  """Encoder features of ``images`` (tokens after the final norm), ``kind`` as above."""
+def pooled_features(model, params, images, kind: str = "mean"):
+  """Encoder tokens of ``images`` on all patches (mask ratio 0, after the final norm),
+  pooled as ``kind`` (``FEATURES``); traceable, so a jitted caller may shard it."""
   if kind not in FEATURES:
     from mae_jax.errors import ConfigError
     raise ConfigError(f"probe.features={kind!r} must be one of {', '.join(FEATURES)}.")
-  pool = {"mean": lambda t: t[:, 1:].mean(axis=1), "cls": lambda t: t[:, 0],
-          "patches": lambda t: t[:, 1:].reshape(t.shape[0], -1)}[kind]
+  tokens = model.apply({"params": params}, images, method=model.features)
+  if kind == "mean":
+    return tokens[:, 1:].mean(axis=1)
+  if kind == "cls":
+    return tokens[:, 0]
+  return tokens[:, 1:].reshape(tokens.shape[0], -1)
 
-  @jax.jit
-  def features(x):
-    return pool(model.apply({"params": params}, x, method=model.features))
+
+def encoder_features(model, params, images: np.ndarray, batch_size: int = 500,
+                     kind: str = "mean") -> np.ndarray:
+  """``pooled_features`` of host ``images``, in batches, as a NumPy array."""
+  features = jax.jit(lambda x: pooled_features(model, params, x, kind))
   out = [np.asarray(features(jnp.asarray(images[i:i + batch_size])))
          for i in range(0, len(images), batch_size)]
   return np.concatenate(out)
