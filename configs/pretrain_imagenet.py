@@ -18,6 +18,15 @@ def get_config(arg=None):
                 image_size=224, channels=3)
   c.num_epochs = arg.epochs
   c.checkpoint.every_steps = 1000
+  # The k-NN monitor is off here (monitor.every_steps=0). To watch the encoder, e.g.
+  # --config.monitor.every_steps=1250 --config.monitor.bank_size=100000
+  # --config.monitor.query_size=10000: every ~4 epochs at batch 4096, 100 training
+  # images per class as bank and 10,000 validation images as queries. That is 110,000
+  # forward passes on all 197 tokens (ViT-B/16: ~35 GFLOP each against 58.7 per
+  # training image at mask 0.75), about 1.3% of the compute and 2.2% of the JPEG
+  # decodes of the 1,250 steps between two runs; bank features take 100,000 x 768
+  # floats (0.3 GB) spread over the devices. A full 1.28M-image bank (DINO's
+  # protocol) would cost about 15% at that interval.
   if arg.runlocal:  # the same program, shrunk to one step on a laptop
     c.model.dtype = "float32"
     c.model.update(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=32,

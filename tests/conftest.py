@@ -68,6 +68,21 @@ def run_cli(*args, env=None, timeout=300, check=False):
   return proc
 
 
+def eight_device_report(script: str, timeout: int = 400) -> dict:
+  """Runs ``python SCRIPT`` on 8 fake CPU devices; the JSON of its last stdout line.
+
+  Compiles dominate; XLA's cheaper CPU pipeline halves them.
+  """
+  import json
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+             "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  proc = subprocess.run([sys.executable, os.path.abspath(script)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def fmnist_available():
   from mae_jax.data.sources import DEBIAN_FASHION_MNIST

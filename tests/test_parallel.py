@@ -6,14 +6,13 @@ the module runs itself once as ``python tests/test_parallel.py`` with
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_FLAGS, load_config, run_cli, tiny_overrides
+from conftest import TINY_FLAGS, eight_device_report, load_config, run_cli, tiny_overrides
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)]
 STEPS = 8
@@ -147,14 +146,7 @@ def remat_losses_and_grads(config, images) -> dict:
 
 @pytest.fixture(scope="module")
 def report(fmnist_available):
-  # Compiles dominate; XLA's cheaper CPU pipeline halves them (every mesh uses it).
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-             "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=400)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return eight_device_report(__file__)
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "x".join(map(str, m)))
