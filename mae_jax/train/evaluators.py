@@ -78,7 +78,8 @@ class EvalLog:
 class ShardedSplit:
   """The first ``max_examples`` (0: all) of a split as global batches, in order.
 
-  Iterating yields ``(images, labels, valid)`` global arrays split over the mesh's
+  Iterating yields ``(images, labels, valid)`` global arrays (images uint8, as the
+  pipeline ships them: ``step.to_model_input`` normalises them) split over the mesh's
   data-parallel devices; each process reads only the rows its devices hold, so the
   batches do not depend on the process count. ``requested_batch`` is rounded up to a
   multiple of the data-parallel size; padding rows (and rows past the end of the
@@ -267,7 +268,10 @@ class KnnMonitor:
     stacked = {n: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
         None, ("data", "fsdp"), *([None] * (n - 2)))) for n in (2, 3)}
 
-    def features(params, images):
+    pixel_stats = pipeline.normalization(config.data)
+
+    def features(params, images):  # images: uint8, normalised here
+      images = step_lib.to_model_input(images, pixel_stats)
       f = probe.pooled_features(model, params, images, "mean").astype(jnp.float32)
       return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
     self._features = jax.jit(features, out_shardings=batch_rows)
