@@ -93,3 +93,61 @@ def random_masking(x: jax.Array, mask_ratio: float, *, rng: jax.Array | None = N
   x_visible = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
   mask = (ids_restore >= keep).astype(jnp.float32)
   return x_visible, mask, ids_restore
+
+
+# ----------------------------------------------------------------------------- clips
+def clip_grid(clip_shape: tuple[int, int, int], patch_size: int,
+              tubelet: int) -> tuple[int, int, int]:
+  """Spacetime patches per axis of ``T x H x W`` clips; a clear error when they do not tile."""
+  frames = clip_shape[0]
+  if tubelet <= 0 or frames % tubelet:
+    raise ConfigError(f"{frames} frames are not divisible by model.tubelet_size={tubelet}; "
+                      "choose data.video.num_frames as a multiple of it.")
+  return (frames // tubelet,) + grid_size(clip_shape[1:], patch_size)
+
+
+def patchify_clips(clips: jax.Array, patch_size: int, tubelet: int) -> jax.Array:
+  """[B, T, H, W, C] -> [B, gt*gh*gw, t*p*p*C]; tokens in (time, row, col) order.
+
+  Pixels inside a patch are in (frame, row, col, channel) order, as VideoMAE's
+  targets; with ``tubelet=1`` and one frame this is ``patchify``.
+  """
+  b, t, h, w, c = clips.shape
+  gt, gh, gw = clip_grid((t, h, w), patch_size, tubelet)
+  p = patch_size
+  x = clips.reshape(b, gt, tubelet, gh, p, gw, p, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(b, gt * gh * gw, tubelet * p * p * c)
+
+
+def unpatchify_clips(patches: jax.Array, patch_size: int, tubelet: int,
+                     grid: tuple[int, int, int], channels: int) -> jax.Array:
+  """Inverse of ``patchify_clips``: [B, gt*gh*gw, t*p*p*C] -> [B, T, H, W, C]."""
+  b = patches.shape[0]
+  gt, gh, gw = grid
+  p = patch_size
+  x = patches.reshape(b, gt, gh, gw, tubelet, p, p, channels)
+  x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+  return x.reshape(b, gt * tubelet, gh * p, gw * p, channels)
+
+
+def tube_noise(rng: jax.Array, batch: int, grid: tuple[int, int, int]) -> jax.Array:
+  """Ranking noise [B, gt*gh*gw] equal on every time step: the same spatial mask per frame.
+
+  ``random_masking`` sorts stably, so with ``tube_visible`` patches kept the kept set
+  is whole tubes: the ``gh*gw - int(ratio * gh*gw)`` lowest spatial positions on
+  every frame (VideoMAE's tube masking rounds the masked count per frame down).
+  """
+  gt, gh, gw = grid
+  spatial = jax.random.uniform(rng, (batch, 1, gh * gw))
+  return jnp.broadcast_to(spatial, (batch, gt, gh * gw)).reshape(batch, gt * gh * gw)
+
+
+def tube_visible(grid: tuple[int, int, int], mask_ratio: float) -> int:
+  """Patches kept by tube masking: whole tubes, ``gt * (S - int(ratio * S))``."""
+  gt, gh, gw = grid
+  per_frame = gh * gw - int(mask_ratio * gh * gw)
+  if not 0.0 <= mask_ratio < 1.0 or per_frame < 1:
+    raise ConfigError(f"model.mask_ratio={mask_ratio} leaves no visible tube out of "
+                      f"{gh * gw} per frame; VideoMAE uses 0.9.")
+  return gt * per_frame

@@ -32,6 +32,34 @@ def sincos_2d(dim: int, grid: tuple[int, int] | int, cls_token: bool = False) ->
   return table.astype(np.float32)
 
 
+def sincos_3d(dim: int, grid: tuple[int, int, int]) -> np.ndarray:
+  """[gt*gh*gw, dim] table for spacetime patches, tokens in (t, h, w) order.
+
+  As MAE-ST's fixed table: the first quarter of the channels is a 1-D sin-cos of
+  the time index, the rest the 2-D spatial table above (``dim`` divisible by 16).
+  """
+  if dim % 16:
+    raise ValueError(f"3-D sin-cos embedding needs dim divisible by 16, got {dim}")
+  gt, gh, gw = grid
+  temporal = sincos_1d(dim // 4, np.arange(gt, dtype=np.float64))
+  spatial = sincos_2d(dim // 4 * 3, (gh, gw)).astype(np.float64)
+  table = np.concatenate([np.repeat(temporal, gh * gw, axis=0),
+                          np.tile(spatial, (gt, 1))], axis=1)
+  return table.astype(np.float32)
+
+
+def interleaved_sinusoid(num_positions: int, dim: int) -> np.ndarray:
+  """[num_positions, dim] 1-D table with sin on even and cos on odd channels.
+
+  The fixed table of Hugging Face VideoMAE (and the original Transformer):
+  channel ``j`` uses the frequency ``1 / 10000 ** (2 * (j // 2) / dim)``.
+  """
+  angle = (np.arange(num_positions, dtype=np.float64)[:, None] /
+           10000 ** (2 * (np.arange(dim) // 2) / dim)[None])
+  table = np.where(np.arange(dim) % 2 == 0, np.sin(angle), np.cos(angle))
+  return table.astype(np.float32)
+
+
 def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
   """``[out, in]`` weights of PyTorch's bicubic resize along one axis.
 
