@@ -36,7 +36,28 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   dims = registry.variant_dims(variant)
   return ml_collections.ConfigDict(dict(
       **dims, norm_pix_loss=True, mask_ratio=0.75, dtype="float32", param_dtype="float32",
-      attention="xla", remat="none"))
+      attention="xla", remat="none", masking="random", tubelet_size=0, use_cls_token=True,
+      pos_table="sincos", decoder_embed_bias=True, norm_pix_per_channel=False,
+      decoder_norm_eps=1e-6))
+
+
+def video_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
+                   num_frames: int = 16) -> ml_collections.ConfigDict:
+  """Turns a pretraining config into a video one (MAE-ST): ``t x p x p`` spacetime
+  patches, 90% spacetime-agnostic random masking, no cls token, clips of
+  ``data.video.num_frames`` frames (``data.image_size`` is the frame size)."""
+  c.model.update(tubelet_size=tubelet_size, mask_ratio=0.9, use_cls_token=False)
+  c.data.video = ml_collections.ConfigDict(dict(num_frames=num_frames, stride=4, seed=0,
+                                                num_items=1))
+  c.probe.features = "mean"
+  return c
+
+
+def videomae_layout(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The choices Hugging Face ``VideoMAEForPreTraining`` fixes, so the model exports to it."""
+  c.model.update(use_cls_token=False, pos_table="sinusoid_1d", decoder_embed_bias=False,
+                 norm_pix_per_channel=True, decoder_norm_eps=1e-5)
+  return c
 
 
 def profile_defaults() -> ml_collections.ConfigDict:

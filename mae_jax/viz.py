@@ -12,37 +12,55 @@ from mae_jax.models import masking
 
 
 def unnormalize_prediction(images: np.ndarray, pred: np.ndarray, patch_size: int,
-                           norm_pix_loss: bool) -> np.ndarray:
+                           norm_pix_loss: bool, tubelet: int = 0,
+                           per_channel: bool = False) -> np.ndarray:
   """Predicted patches back in the images' (normalised) pixel space.
 
   With ``norm_pix_loss`` the model predicts each patch normalised by its own
   statistics; the official visualisation re-applies the mean and (unbiased)
-  variance of the true patch, which is what this does.
+  variance of the true patch, which is what this does (per channel of the patch
+  for a model trained with ``norm_pix_per_channel``).
   """
   if not norm_pix_loss:
     return pred
-  target = np.asarray(masking.patchify(images, patch_size))
+  target = np.asarray(masking.patchify_any(images, patch_size, tubelet))
+  if per_channel:
+    b, length, dim = target.shape
+    channels = images.shape[-1]
+    target = target.reshape(b, length, dim // channels, channels)
+    mean = target.mean(-2, keepdims=True)
+    std = target.std(-2, keepdims=True, ddof=1)
+    return (pred.reshape(target.shape) * (std + 1e-6) + mean).reshape(b, length, dim)
   mean = target.mean(-1, keepdims=True)
   var = target.var(-1, keepdims=True, ddof=1)
   return pred * np.sqrt(var + 1e-6) + mean
 
 
 def reconstruction_rows(images: np.ndarray, pred: np.ndarray, mask: np.ndarray,
-                        patch_size: int, norm_pix_loss: bool, mean, std) -> np.ndarray:
-  """[B, 4, H, W, C] in [0, 1]: original, masked, reconstruction, pasted."""
+                        patch_size: int, norm_pix_loss: bool, mean, std, tubelet: int = 0,
+                        per_channel: bool = False) -> np.ndarray:
+  """[B, 4, H, W, C] in [0, 1]: original, masked, reconstruction, pasted.
+
+  Clips ``[B, T, H, W, C]`` (``tubelet > 0``) give ``[B * 4, T, H, W, C]``: the four
+  rows of each clip, a frame per column.
+  """
   images = np.asarray(images, np.float32)
   pred = unnormalize_prediction(images, np.asarray(pred, np.float32), patch_size,
-                                norm_pix_loss)
-  grid = masking.grid_size(images.shape[1:3], patch_size)
+                                norm_pix_loss, tubelet, per_channel)
+  if tubelet:
+    grid = masking.clip_grid(images.shape[1:4], patch_size, tubelet)
+  else:
+    grid = masking.grid_size(images.shape[1:3], patch_size)
   channels = images.shape[-1]
-  recon = np.asarray(masking.unpatchify(pred, patch_size, grid, channels))
-  pixel_mask = np.asarray(masking.unpatchify(
-      np.repeat(np.asarray(mask, np.float32)[..., None], patch_size ** 2 * channels, -1),
-      patch_size, grid, channels))
+  recon = np.asarray(masking.unpatchify_any(pred, patch_size, tubelet, grid, channels))
+  pixel_mask = np.asarray(masking.unpatchify_any(
+      np.repeat(np.asarray(mask, np.float32)[..., None], pred.shape[-1], -1),
+      patch_size, tubelet, grid, channels))
   show = lambda x: denormalize(x, mean, std)
   masked = show(images) * (1 - pixel_mask) + 0.5 * pixel_mask
   pasted = show(images) * (1 - pixel_mask) + show(recon) * pixel_mask
-  return np.stack([show(images), masked, show(recon), pasted], axis=1)
+  rows = np.stack([show(images), masked, show(recon), pasted], axis=1)
+  return rows.reshape((-1,) + rows.shape[2:]) if tubelet else rows
 
 
 def grid_image(rows: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:

@@ -41,30 +41,30 @@ def items(n=12, seed=0):
 def test_clip_content_label_and_determinism():
   data = moving_fmnist.MovingFashionMnist(items(), seed=3, num_frames=8, canvas=64)
   clip = data[5]
-  assert clip["video"].shape == (8, 64, 64, 1) and clip["video"].dtype == np.uint8
+  assert clip["image"].shape == (8, 64, 64, 1) and clip["image"].dtype == np.uint8
   assert clip["label"] == 5
   item = data.images[5]["image"][..., 0]
-  for frame in clip["video"][..., 0]:
+  for frame in clip["image"][..., 0]:
     ys, xs = np.nonzero(frame)
     window = frame[ys.min():ys.min() + 28, xs.min():xs.min() + 28]
     np.testing.assert_array_equal(window, item)  # the item, whole, every frame
-  np.testing.assert_array_equal(data[5]["video"], clip["video"])
+  np.testing.assert_array_equal(data[5]["image"], clip["image"])
   other_seed = moving_fmnist.MovingFashionMnist(items(), seed=4, num_frames=8)
-  assert not np.array_equal(other_seed[5]["video"], clip["video"])
-  assert not np.array_equal(clip["video"][0], clip["video"][-1])  # it moves
+  assert not np.array_equal(other_seed[5]["image"], clip["image"])
+  assert not np.array_equal(clip["image"][0], clip["image"][-1])  # it moves
 
 
 def test_two_items_combine_by_maximum():
   data = moving_fmnist.MovingFashionMnist(items(), seed=1, num_frames=4, num_items=2)
-  clip = data[2]["video"][..., 0].astype(int)
+  clip = data[2]["image"][..., 0].astype(int)
   single = moving_fmnist.MovingFashionMnist(items(), seed=1, num_frames=4)
-  assert clip.sum() >= single[2]["video"].astype(int).sum()
+  assert clip.sum() >= single[2]["image"].astype(int).sum()
   assert data[2]["label"] == 2
 
 
 def test_canvas_statistics_match_the_clips():
   data = moving_fmnist.MovingFashionMnist(items(200), seed=0, num_frames=4)
-  pixels = np.stack([data[i]["video"] for i in range(200)]).astype(float) / 255
+  pixels = np.stack([data[i]["image"] for i in range(200)]).astype(float) / 255
   pixels_items = np.stack([data.images[i]["image"] for i in range(200)]) / 255
   data.images.mean, data.images.std = (pixels_items.mean(),), (pixels_items.std(),)
   mean, std = data._stats()

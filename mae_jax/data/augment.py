@@ -84,17 +84,25 @@ def _from_pil(pil: Image.Image, channels: int) -> np.ndarray:
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
                         sampler: str = "torchvision") -> np.ndarray:
+  """One crop box per image; a clip ``[T, H, W, C]`` gets the same box on every frame."""
   if hasattr(image, "random_resized_crop"):  # still encoded: mae_jax.data.jpeg.JpegImage
     return image.random_resized_crop(rng, size, scale, ratio, sampler)
-  top, left, h, w = rrc_sampler(sampler)(rng, image.shape[0], image.shape[1], scale, ratio)
-  pil = _to_pil(image).resize((size, size), Image.BICUBIC,
-                              box=(left, top, left + w, top + h))
-  return _from_pil(pil, image.shape[-1])
+  top, left, h, w = rrc_sampler(sampler)(rng, image.shape[-3], image.shape[-2], scale, ratio)
+  frames = image if image.ndim == 4 else image[None]
+  if (top, left, h, w) == (0, 0, size, size) == (0, 0) + frames.shape[1:3]:
+    return image  # the whole image at its own size: nothing to resample
+  out = np.stack([_from_pil(_to_pil(frame).resize((size, size), Image.BICUBIC,
+                                                  box=(left, top, left + w, top + h)),
+                            image.shape[-1]) for frame in frames])
+  return out if image.ndim == 4 else out[0]
 
 
 def center_crop(image: np.ndarray, size: int, crop_pct: float = 0.875) -> np.ndarray:
-  """Eval transform: identity at the right size, else resize shorter side + centre crop."""
+  """Eval transform: identity at the right size, else resize shorter side + centre crop
+  (every frame of a clip alike)."""
   image = np.asarray(image)  # decodes an encoded image
+  if image.ndim == 4:
+    return np.stack([center_crop(frame, size, crop_pct) for frame in image])
   h, w = image.shape[:2]
   if (h, w) == (size, size):
     return image

@@ -33,7 +33,8 @@ def bounce(start: np.ndarray, velocity: np.ndarray, num_frames: int,
 
 @dataclasses.dataclass
 class MovingFashionMnist:
-  """Clips ``{"video": uint8 [T, S, S, 1], "label": int}`` over an image source.
+  """Clips ``{"image": uint8 [T, S, S, 1], "label": int}`` over an image source
+  (the pipeline treats a 4-D ``image`` as a clip).
 
   ``images`` is any source with ``[i] -> {"image", "label"}`` of 28x28 grey
   images (the Fashion-MNIST IDX or TFDS source).
@@ -85,4 +86,4 @@ class MovingFashionMnist:
       for frame, (y, x) in enumerate(bounce(start, velocity, self.num_frames, span)):
         window = clip[frame, y:y + self.item_size, x:x + self.item_size]
         np.maximum(window, image, out=window)
-    return {"video": clip[..., None], "label": int(self.images[index]["label"])}
+    return {"image": clip[..., None], "label": int(self.images[index]["label"])}

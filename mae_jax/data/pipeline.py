@@ -127,7 +127,7 @@ def _crop_flip(record: dict, rng: np.random.Generator, *, size, scale, ratio, sa
                hflip, channels) -> dict:
   image = augment.random_resized_crop(record["image"], rng, size, scale, ratio, sampler)
   if hflip and rng.random() < 0.5:
-    image = image[:, ::-1]
+    image = image[..., ::-1, :]  # width: of every frame of a clip
   image = augment.match_channels(np.ascontiguousarray(image), channels)
   return {"image": image, "label": np.int32(record["label"])}
 

@@ -283,9 +283,25 @@ class FolderSource:
     return {"image": read_image(path, self.channels, lazy_jpeg=True), "label": label}
 
 
+MOVING_FASHION_MNIST = "moving_fashion_mnist"
+
+
+def _with_name(data_config, name: str):
+  out = data_config.copy_and_resolve_references()
+  out.name = name
+  return out
+
+
 def open_source(data_config, split: str):
   """The source named by ``config.data`` for one split, or a clear ``DataError``."""
   name, kind = data_config.name, data_config.source
+  if name == MOVING_FASHION_MNIST:
+    from mae_jax.data.moving_fmnist import MovingFashionMnist
+    images = open_source(_with_name(data_config, "fashion_mnist"), split)
+    video = data_config.video
+    return MovingFashionMnist(images, seed=int(video.seed), num_frames=int(video.num_frames),
+                              canvas=int(data_config.image_size),
+                              num_items=int(video.num_items))
   if kind not in SOURCES:
     raise DataError(f"data.source={kind!r} is unknown; choose {', '.join(SOURCES)}.")
   if kind == "folder":

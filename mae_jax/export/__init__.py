@@ -78,11 +78,11 @@ def _abstract_params(model, config) -> dict[tuple[str, ...], tuple[int, ...]]:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  from mae_jax.models import registry
 
   def init():
     key = jax.random.key(0)
-    return model.init({"params": key, "masking": key}, jnp.zeros((1, size, size, channels)),
+    return model.init({"params": key, "masking": key}, jnp.zeros(registry.input_shape(config)),
                       train=False)["params"]
   shapes = nn.unbox(jax.eval_shape(init))
   return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
@@ -132,10 +132,13 @@ def to_torch_state_dict(params, config, format: str) -> dict[str, np.ndarray]:
              f"shapes {_listing(wrong)}" if wrong else ""]
     raise CheckpointError("params do not match the config's model: "
                           + "; ".join(p for p in parts if p) + ".")
+  check = getattr(format_module(format), "check_expressible", None)
+  if check is not None:
+    check(config)
   m = config.model
   entries = names.entries(format, int(m.depth),
                           None if names.layout(format).decoder is None else int(m.decoder_depth))
-  tables = _tables(config)
+  tables = _tables(config) if any(e.kind == names.POS for e in entries) else {}
   out = {}
   for e in entries:
     out[e.torch] = tables[e.table] if e.kind == names.POS else names.to_torch(e, flat[e.ours])

@@ -11,6 +11,10 @@ Formats:
 * ``timm`` -- timm ``VisionTransformer`` (the official encoder names; no decoder).
 * ``hf`` -- Hugging Face ``ViTMAEForPreTraining`` as stored on the Hub
   (``vit.encoder.layer.N.attention.attention.query`` ...; separate q/k/v).
+* ``videomae`` -- Hugging Face ``VideoMAEForPreTraining`` (a video model of ours:
+  ``patch_embed/proj/kernel [t, p, p, C, D]``, no cls token, no key bias: a bias
+  on the keys adds the same number to every logit of a query, so dropping it
+  leaves the attention unchanged).
 
 Our tree (``flax.linen.unbox(variables["params"])``): ``patch_embed/proj/kernel``
 ``[p, p, C, D]``, ``cls_token [1, 1, D]``, ``blocks_N/{norm1, norm2}/{scale, bias}``,
@@ -33,6 +37,7 @@ import numpy as np
 SAME = "same"            # identical tensor (norms, biases, tokens)
 LINEAR = "linear"        # kernel [in, out]      <-> nn.Linear weight [out, in]
 CONV = "conv"            # kernel [p, p, C, D]   <-> nn.Conv2d weight [D, C, p, p]
+CONV3D = "conv3d"        # kernel [t, p, p, C, D] <-> nn.Conv3d weight [D, C, t, p, p]
 QKV = "qkv"              # kernel [D, 3, H, hd]  <-> fused qkv weight [3*H*hd, D]
 QKV_BIAS = "qkv_bias"    # bias [3, H, hd]       <-> [3*H*hd]
 ATTN_OUT = "attn_out"    # kernel [H, hd, D]     <-> weight [D, H*hd]
@@ -40,7 +45,7 @@ QKV_PART = "qkv_part"    # kernel[:, part]       <-> HF query/key/value weight [
 QKV_BIAS_PART = "qkv_bias_part"  # bias[part]    <-> HF query/key/value bias [H*hd]
 POS = "pos"              # fixed position table [1, 1 + L, D]; no parameter of ours
 
-FORMATS = ("official", "timm", "hf")
+FORMATS = ("official", "timm", "hf", "videomae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,11 @@ _BLOCK_HF = _rows(
     ("mlp/fc2/kernel", "output.dense.weight", LINEAR),
     ("mlp/fc2/bias", "output.dense.bias", SAME),
 )
+
+
+# VideoMAE's attention has q and v biases only (``qv_bias``).
+_BLOCK_VIDEOMAE = tuple(row for row in _BLOCK_HF
+                        if row[1] != "attention.attention.key.bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +173,22 @@ _HF_DECODER = _rows(
     ("decoder_pred/bias", "decoder.decoder_pred.bias", SAME),
 )
 
+_VIDEOMAE_ENCODER = _rows(
+    ("patch_embed/proj/kernel", "videomae.embeddings.patch_embeddings.projection.weight",
+     CONV3D),
+    ("patch_embed/proj/bias", "videomae.embeddings.patch_embeddings.projection.bias", SAME),
+    ("norm/scale", "videomae.layernorm.weight", SAME),
+    ("norm/bias", "videomae.layernorm.bias", SAME),
+)
+_VIDEOMAE_DECODER = _rows(
+    ("mask_token", "mask_token", SAME),
+    ("decoder_embed/kernel", "encoder_to_decoder.weight", LINEAR),
+    ("decoder_norm/scale", "decoder.norm.weight", SAME),
+    ("decoder_norm/bias", "decoder.norm.bias", SAME),
+    ("decoder_pred/kernel", "decoder.head.weight", LINEAR),
+    ("decoder_pred/bias", "decoder.head.bias", SAME),
+)
+
 LAYOUTS = {
     "official": Layout(_OFFICIAL_ENCODER, _OFFICIAL_DECODER, _BLOCK_OFFICIAL,
                        "blocks.{}.", "decoder_blocks.{}."),
@@ -171,6 +197,8 @@ LAYOUTS = {
     "timm": Layout(_OFFICIAL_ENCODER, None, _BLOCK_OFFICIAL, "blocks.{}.", None),
     "hf": Layout(_HF_ENCODER, _HF_DECODER, _BLOCK_HF,
                  "vit.encoder.layer.{}.", "decoder.decoder_layers.{}."),
+    "videomae": Layout(_VIDEOMAE_ENCODER, _VIDEOMAE_DECODER, _BLOCK_VIDEOMAE,
+                       "videomae.encoder.layer.{}.", "decoder.decoder_layers.{}."),
 }
 
 # Other spellings of the Hugging Face keys, rewritten to the Hub names above:
@@ -255,6 +283,8 @@ def torch_shape(entry: Entry, our_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (s[1], s[0])
   if kind == CONV:
     return (s[3], s[2], s[0], s[1])
+  if kind == CONV3D:
+    return (s[4], s[3], s[0], s[1], s[2])
   if kind == QKV:
     return (int(np.prod(s[1:])), s[0])
   if kind == QKV_BIAS:
@@ -278,6 +308,8 @@ def to_torch(entry: Entry, value: np.ndarray) -> np.ndarray:
     y = x.T
   elif kind == CONV:
     y = x.transpose(3, 2, 0, 1)
+  elif kind == CONV3D:
+    y = x.transpose(4, 3, 0, 1, 2)
   elif kind == QKV:
     y = x.reshape(x.shape[0], -1).T
   elif kind in (QKV_BIAS,):
@@ -307,6 +339,8 @@ def from_torch(entry: Entry, value: np.ndarray, our_shape: tuple[int, ...]) -> n
     x = y.T
   elif kind == CONV:
     x = y.transpose(2, 3, 1, 0)
+  elif kind == CONV3D:
+    x = y.transpose(2, 3, 4, 1, 0)
   elif kind in (QKV, ATTN_OUT):
     x = y.T.reshape(s)
   elif kind == QKV_BIAS:

@@ -13,26 +13,38 @@ import jax
 import jax.numpy as jnp
 
 from mae_jax.models import masking
-from mae_jax.models.pos_embed import sincos_2d
-from mae_jax.models.vit import PatchEmbed, block_class, constrain, dense, layer_norm, token_init
+from mae_jax.models.pos_embed import fixed_table
+from mae_jax.models.vit import (LN_EPS, PatchEmbed, block_class, constrain, dense, layer_norm,
+                                token_init)
 
 Dtype = Any
 
 
 def reconstruction_loss(images: jax.Array, pred: jax.Array, mask: jax.Array,
-                        patch_size: int, norm_pix_loss: bool) -> jax.Array:
+                        patch_size: int, norm_pix_loss: bool, tubelet: int = 0,
+                        per_channel: bool = False) -> jax.Array:
   """Mean over removed patches of the per-patch MSE (averaged over pixels).
 
   With ``norm_pix_loss`` the target is each patch normalised by its own mean and
-  unbiased (ddof=1, as ``torch.var``) variance plus 1e-6.
+  unbiased (ddof=1, as ``torch.var``) variance plus 1e-6. Clips (``tubelet > 0``)
+  use spacetime patches, normalised over all their pixels (as MAE-ST);
+  ``per_channel`` normalises each channel of a patch on its own (as VideoMAE).
   """
-  target = patch_targets(images, patch_size, norm_pix_loss)
+  target = patch_targets(images, patch_size, norm_pix_loss, tubelet, per_channel)
   per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
   return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
 
-def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool) -> jax.Array:
-  target = masking.patchify(images.astype(jnp.float32), patch_size)
+def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool,
+                  tubelet: int = 0, per_channel: bool = False) -> jax.Array:
+  target = masking.patchify_any(images.astype(jnp.float32), patch_size, tubelet)
+  if norm_pix_loss and per_channel:
+    b, length, dim = target.shape
+    channels = images.shape[-1]
+    target = target.reshape(b, length, dim // channels, channels)
+    mean = target.mean(axis=-2, keepdims=True)
+    std = jnp.sqrt(target.var(axis=-2, keepdims=True, ddof=1))
+    return ((target - mean) / (std + 1.0e-6)).reshape(b, length, dim)
   if norm_pix_loss:
     mean = target.mean(axis=-1, keepdims=True)
     var = target.var(axis=-1, keepdims=True, ddof=1)
@@ -41,6 +53,17 @@ def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool) -> ja
 
 
 class MaskedAutoencoder(nn.Module):
+  """The MAE on images, or with ``tubelet_size > 0`` on clips (MAE-ST, VideoMAE).
+
+  A video model takes ``[B, T, H, W, C]`` clips cut into ``t x p x p`` spacetime
+  patches; the encoder, decoder, loss and random masking are the image model's.
+  ``masking="tube"`` keeps whole tubes (the same spatial mask on every time step).
+  ``use_cls_token``, ``pos_table``, ``decoder_embed_bias``, ``norm_pix_per_channel``
+  and ``decoder_norm_eps`` select the variants the PyTorch models differ in
+  (VideoMAE: no cls token, a 1-D sinusoid table, no bias in the encoder-to-decoder
+  projection, targets normalised per channel and patch with ``std + 1e-6``, and
+  its decoder LayerNorm at PyTorch's default eps 1e-5).
+  """
   patch_size: int = 16
   in_chans: int = 3
   embed_dim: int = 768
@@ -56,35 +79,51 @@ class MaskedAutoencoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention: str = "xla"
   remat: str = "none"
+  tubelet_size: int = 0
+  masking: str = "random"
+  use_cls_token: bool = True
+  pos_table: str = "sincos"
+  decoder_embed_bias: bool = True
+  norm_pix_per_channel: bool = False
+  decoder_norm_eps: float = LN_EPS
 
   def setup(self):
     block = block_class(self.remat)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
               mlp_ratio=self.mlp_ratio)
     self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
+                                  self.param_dtype, tubelet=self.tubelet_size)
+    if self.use_cls_token:
+      self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
                                   self.param_dtype)
-    self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
-                                self.param_dtype)
     self.blocks = [block(self.num_heads, **kw, name=f"blocks_{i}")
                    for i in range(self.depth)]
     self.norm = layer_norm("norm", param_dtype=self.param_dtype)
     self.decoder_embed = dense(self.decoder_embed_dim, "decoder_embed", ("embed", None),
-                               self.dtype, self.param_dtype)
+                               self.dtype, self.param_dtype, use_bias=self.decoder_embed_bias)
     self.mask_token = self.param("mask_token", token_init(), (1, 1, self.decoder_embed_dim),
                                  self.param_dtype)
     self.decoder_blocks = [block(self.decoder_num_heads, **kw, name=f"decoder_blocks_{i}")
                            for i in range(self.decoder_depth)]
-    self.decoder_norm = layer_norm("decoder_norm", param_dtype=self.param_dtype)
-    self.decoder_pred = dense(self.patch_size ** 2 * self.in_chans, "decoder_pred",
+    self.decoder_norm = layer_norm("decoder_norm", param_dtype=self.param_dtype,
+                                   epsilon=self.decoder_norm_eps)
+    self.decoder_pred = dense(self.patch_size ** 2 * self.in_chans * max(self.tubelet_size, 1),
+                              "decoder_pred",
                               ("embed", "vocab"), self.dtype, self.param_dtype)
 
   def _check_channels(self, images: jax.Array):
-    if images.shape[-1] != self.in_chans:
-      raise ValueError(f"model expects {self.in_chans}-channel NHWC images, got shape "
+    what = "[B, T, H, W, C] clips" if self.tubelet_size else "NHWC images"
+    if images.shape[-1] != self.in_chans or images.ndim != (5 if self.tubelet_size else 4):
+      raise ValueError(f"model expects {self.in_chans}-channel {what}, got shape "
                        f"{images.shape}")
 
-  def _grid(self, images: jax.Array) -> tuple[int, int]:
+  def _grid(self, images: jax.Array) -> tuple[int, ...]:
+    if self.tubelet_size:
+      return masking.clip_grid(images.shape[1:4], self.patch_size, self.tubelet_size)
     return masking.grid_size(images.shape[1:3], self.patch_size)
+
+  def _pos(self, dim: int, grid: tuple[int, ...]) -> jax.Array:
+    return jnp.asarray(fixed_table(self.pos_table, dim, grid, self.use_cls_token))
 
   def encode(self, images: jax.Array, *, mask_ratio: float | None = None,
              noise: jax.Array | None = None):
@@ -93,40 +132,49 @@ class MaskedAutoencoder(nn.Module):
     ``mask_ratio=0`` with no noise encodes every patch in order (features for
     probes and analysis).
     """
+    self._check_channels(images)
     grid = self._grid(images)
     ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-    pos = jnp.asarray(sincos_2d(self.embed_dim, grid, cls_token=True))
-    x = self.patch_embed(images).astype(jnp.float32) + pos[None, 1:]
+    pos = self._pos(self.embed_dim, grid)
+    prefix = int(self.use_cls_token)
+    x = self.patch_embed(images).astype(jnp.float32) + pos[None, prefix:]
     x = constrain(x, ("batch", "length", "act_embed"))
     b, length, _ = x.shape
     if ratio == 0.0 and noise is None:
       mask = jnp.zeros((b, length), jnp.float32)
       ids_restore = jnp.broadcast_to(jnp.arange(length), (b, length))
+    elif self.masking == "tube":
+      if noise is None:
+        noise = masking.tube_noise(self.make_rng("masking"), b, grid)
+      x, mask, ids_restore = masking.random_masking(
+          x, ratio, noise=noise, keep=masking.tube_visible(grid, ratio))
     else:
       rng = None if noise is not None else self.make_rng("masking")
       x, mask, ids_restore = masking.random_masking(x, ratio, rng=rng, noise=noise)
-    cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
+    if self.use_cls_token:
+      cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
     for blk in self.blocks:
       x = blk(x, True)
     return self.norm(x), mask, ids_restore
 
   def decode(self, latent: jax.Array, ids_restore: jax.Array,
-             grid: tuple[int, int]) -> jax.Array:
-    """Pixel predictions ``[B, L, p*p*C]`` for every patch (cls dropped)."""
+             grid: tuple[int, ...]) -> jax.Array:
+    """Pixel predictions ``[B, L, (t*)p*p*C]`` for every patch (cls dropped)."""
     x = self.decoder_embed(latent).astype(jnp.float32)
     b, length = ids_restore.shape
+    prefix = int(self.use_cls_token)
     mask_tokens = jnp.broadcast_to(self.mask_token.astype(jnp.float32),
-                                   (b, length + 1 - x.shape[1], x.shape[-1]))
-    tokens = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+                                   (b, length + prefix - x.shape[1], x.shape[-1]))
+    tokens = jnp.concatenate([x[:, prefix:], mask_tokens], axis=1)
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)
-    x = jnp.concatenate([x[:, :1], tokens], axis=1)
-    x = x + jnp.asarray(sincos_2d(self.decoder_embed_dim, grid, cls_token=True))[None]
+    x = jnp.concatenate([x[:, :prefix], tokens], axis=1)
+    x = x + self._pos(self.decoder_embed_dim, grid)[None]
     for blk in self.decoder_blocks:
       x = blk(x, True)
     x = self.decoder_norm(x)
     pred = self.decoder_pred(x)
-    return pred[:, 1:].astype(jnp.float32)
+    return pred[:, prefix:].astype(jnp.float32)
 
   def __call__(self, images: jax.Array, *, train: bool = True,
                noise: jax.Array | None = None):
@@ -138,11 +186,11 @@ class MaskedAutoencoder(nn.Module):
     """
     del train
     latent, mask, ids_restore = self.encode(images, noise=noise)
-    self._check_channels(images)
     pred = self.decode(latent, ids_restore, self._grid(images))
-    loss = reconstruction_loss(images, pred, mask, self.patch_size, self.norm_pix_loss)
+    loss = reconstruction_loss(images, pred, mask, self.patch_size, self.norm_pix_loss,
+                               self.tubelet_size, self.norm_pix_per_channel)
     return loss, pred, mask
 
   def features(self, images: jax.Array) -> jax.Array:
-    """Encoder output on all patches, unmasked: ``[B, 1 + L, D]`` (cls first)."""
+    """Encoder output on all patches, unmasked: ``[B, (1 +) L, D]`` (cls first)."""
     return self.encode(images, mask_ratio=0.0)[0]

@@ -69,18 +69,19 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 
 
 def random_masking(x: jax.Array, mask_ratio: float, *, rng: jax.Array | None = None,
-                   noise: jax.Array | None = None):
+                   noise: jax.Array | None = None, keep: int | None = None):
   """Keeps a random subset of tokens per sample.
 
   Patches are ranked by ``noise`` ([B, L], uniform in [0, 1) when drawn from
   ``rng``) ascending; the first ``int(L * (1 - mask_ratio))`` are kept. This is
   exactly the official ranking of ``torch.rand`` noise, so an explicit ``noise``
-  reproduces a PyTorch run.
+  reproduces a PyTorch run. ``keep`` overrides the count (tube masking keeps whole tubes).
 
   Returns ``(x_visible [B, K, D], mask [B, L] with 1 = removed, ids_restore [B, L])``.
   """
   b, length, dim = x.shape
-  keep = num_visible(length, mask_ratio)
+  if keep is None:
+    keep = num_visible(length, mask_ratio)
   if noise is None:
     if rng is None:
       raise ValueError("random_masking needs either rng or noise")
@@ -129,6 +130,21 @@ def unpatchify_clips(patches: jax.Array, patch_size: int, tubelet: int,
   x = patches.reshape(b, gt, gh, gw, tubelet, p, p, channels)
   x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
   return x.reshape(b, gt * tubelet, gh * p, gw * p, channels)
+
+
+def patchify_any(images: jax.Array, patch_size: int, tubelet: int = 0) -> jax.Array:
+  """Images ``[B, H, W, C]`` (``tubelet=0``) or clips ``[B, T, H, W, C]`` to patches."""
+  if tubelet:
+    return patchify_clips(images, patch_size, tubelet)
+  return patchify(images, patch_size)
+
+
+def unpatchify_any(patches: jax.Array, patch_size: int, tubelet: int,
+                   grid: tuple[int, ...], channels: int) -> jax.Array:
+  """Inverse of ``patchify_any`` for a grid ``(gh, gw)`` or ``(gt, gh, gw)``."""
+  if tubelet:
+    return unpatchify_clips(patches, patch_size, tubelet, grid, channels)
+  return unpatchify(patches, patch_size, grid, channels)
 
 
 def tube_noise(rng: jax.Array, batch: int, grid: tuple[int, int, int]) -> jax.Array:

@@ -60,6 +60,26 @@ def interleaved_sinusoid(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
+TABLES = ("sincos", "sinusoid_1d")
+
+
+def fixed_table(kind: str, dim: int, grid: tuple[int, ...], cls_token: bool) -> np.ndarray:
+  """The fixed table of a model: ``[(1 +) L, dim]`` (a zero cls row first).
+
+  ``sincos``: the 2-D table for an image grid ``(gh, gw)``, the 3-D one for a clip
+  grid ``(gt, gh, gw)``; ``sinusoid_1d``: VideoMAE's table over the flat token index.
+  """
+  if kind == "sinusoid_1d":
+    table = interleaved_sinusoid(int(np.prod(grid)), dim)
+  elif kind == "sincos":
+    table = sincos_3d(dim, grid) if len(grid) == 3 else sincos_2d(dim, grid)
+  else:
+    raise ValueError(f"position table {kind!r} is unknown; choose one of {', '.join(TABLES)}")
+  if cls_token:
+    table = np.concatenate([np.zeros((1, dim), np.float32), table], axis=0)
+  return table
+
+
 def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
   """``[out, in]`` weights of PyTorch's bicubic resize along one axis.
 

@@ -6,6 +6,7 @@ decoder (512 wide, 8 blocks, 16 heads). ``tiny`` is for CPU runs and tests.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from mae_jax.errors import ConfigError
 
@@ -54,15 +55,56 @@ def dtype(name: str):
   return DTYPES[name]
 
 
+def tubelet_size(config) -> int:
+  """Frames per spacetime patch; 0 for an image model."""
+  return int(config.model.get("tubelet_size", 0))
+
+
+def input_shape(config, batch: int = 1) -> tuple[int, ...]:
+  """``[B, H, W, C]`` images, or ``[B, T, H, W, C]`` clips for a video model."""
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  if tubelet_size(config):
+    return (batch, int(config.data.video.num_frames), size, size, channels)
+  return (batch, size, size, channels)
+
+
+def patch_grid(config) -> tuple[int, ...]:
+  """``(gh, gw)``, or ``(gt, gh, gw)`` for a video model; a clear error if it does not tile."""
+  from mae_jax.models import masking
+  shape, patch = input_shape(config)[1:-1], int(config.model.patch_size)
+  if tubelet_size(config):
+    return masking.clip_grid(shape, patch, tubelet_size(config))
+  return masking.grid_size(shape, patch)
+
+
+def _check_video_options(m, grid) -> None:
+  from mae_jax.models import masking
+  from mae_jax.models.pos_embed import TABLES
+  strategy = m.get("masking", "random")
+  if strategy == "tube":
+    if len(grid) != 3:
+      raise ConfigError("model.masking=tube needs a video model (model.tubelet_size > 0).")
+    masking.tube_visible(grid, m.mask_ratio)
+  if m.get("pos_table", "sincos") not in TABLES:
+    raise ConfigError(f"model.pos_table={m.pos_table!r} is unknown; choose one of "
+                      f"{', '.join(TABLES)}.")
+  if len(grid) == 3 and m.get("pos_table", "sincos") == "sincos":
+    for width, what in ((m.embed_dim, ""), (m.decoder_embed_dim, "decoder_")):
+      if width % 16:
+        raise ConfigError(f"model.{what}embed_dim={width} must be divisible by 16 for the "
+                          "3-D sin-cos position table (or set model.pos_table=sinusoid_1d).")
+
+
 def build_mae(config):
   """``MaskedAutoencoder`` from a full config (``config.model`` + ``config.data``)."""
   from mae_jax.models.mae import MaskedAutoencoder
   from mae_jax.models import masking
   m = config.model
-  masking.grid_size((config.data.image_size, config.data.image_size), m.patch_size)
-  masking.num_visible((config.data.image_size // m.patch_size) ** 2, m.mask_ratio)
+  grid = patch_grid(config)
+  masking.num_visible(int(np.prod(grid)), m.mask_ratio)
   if m.mask_ratio == 0.0:
     raise ConfigError("model.mask_ratio must be in (0, 1) for pretraining; MAE uses 0.75.")
+  _check_video_options(m, grid)
   for width, heads, what in ((m.embed_dim, m.num_heads, ""),
                              (m.decoder_embed_dim, m.decoder_num_heads, "decoder_")):
     if width % heads:
@@ -71,7 +113,13 @@ def build_mae(config):
     if width % 4:
       raise ConfigError(f"model.{what}embed_dim={width} must be divisible by 4 for the "
                         "2-D sin-cos position embedding.")
-  return MaskedAutoencoder(
+  video = dict(tubelet_size=tubelet_size(config), masking=m.get("masking", "random"),
+               use_cls_token=bool(m.get("use_cls_token", True)),
+               pos_table=m.get("pos_table", "sincos"),
+               decoder_embed_bias=bool(m.get("decoder_embed_bias", True)),
+               norm_pix_per_channel=bool(m.get("norm_pix_per_channel", False)),
+               decoder_norm_eps=float(m.get("decoder_norm_eps", 1e-6)))
+  return MaskedAutoencoder(**video,
       patch_size=m.patch_size, in_chans=config.data.channels, embed_dim=m.embed_dim,
       depth=m.depth, num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim,
       decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,

@@ -40,15 +40,16 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
 
-def layer_norm(name: str, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
-  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
+def layer_norm(name: str, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               epsilon: float = LN_EPS):
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name,
                       scale_init=logical(nn.initializers.ones, ("embed",)),
                       bias_init=logical(nn.initializers.zeros, ("embed",)))
 
 
 def dense(features: int, name: str, axes: tuple[str | None, str | None], dtype: Dtype,
-          param_dtype: Dtype, kernel_init: Callable | None = None):
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+          param_dtype: Dtype, kernel_init: Callable | None = None, use_bias: bool = True):
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name, use_bias=use_bias,
                   kernel_init=logical(kernel_init or xavier(), axes),
                   bias_init=logical(nn.initializers.zeros, (axes[1],)))
 
@@ -185,22 +186,26 @@ class PatchEmbed(nn.Module):
   The kernel is ``[p, p, C, D]``; flattened to ``[p*p*C, D]`` it acts on
   ``patchify`` output (row, col, channel order). Xavier-uniform over that
   flattened view, as the official model initialises ``proj.weight.view(D, -1)``.
+  With ``tubelet > 0`` it embeds clips ``[B, T, H, W, C]`` with a ``[t, p, p, C, D]``
+  kernel (a stride-(t, p, p) 3-D convolution; ``patchify_clips`` order).
   """
   patch_size: int
   embed_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  tubelet: int = 0
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+    window = (self.tubelet, p, p) if self.tubelet else (p, p)
+    inputs = tuple(range(len(window) + 1))
+    x = nn.Conv(self.embed_dim, window, strides=window, padding="VALID", dtype=self.dtype,
                 param_dtype=self.param_dtype, name="proj",
-                kernel_init=logical(xavier(in_axis=(0, 1, 2), out_axis=3),
-                                    (None, None, None, "embed")),
+                kernel_init=logical(xavier(in_axis=inputs, out_axis=len(inputs)),
+                                    (None,) * len(inputs) + ("embed",)),
                 bias_init=logical(nn.initializers.zeros, ("embed",)))(images)
-    b, gh, gw, d = x.shape
-    return x.reshape(b, gh * gw, d)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 def token_init(std: float = 0.02):

@@ -340,8 +340,8 @@ def abstract_train_state(config, model, mesh=None, seed: int = 0):
   from mae_jax.parallel import sharding as sharding_lib
   from mae_jax.train import optim, step as step_lib
   tx = optim.adamw(config.optim, lambda count: 0.0)  # the structure needs no schedule
-  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
-  _, boxed = step_lib.abstract_state(model, tx, shape, seed)
+  from mae_jax.models import registry
+  _, boxed = step_lib.abstract_state(model, tx, registry.input_shape(config), seed)
   if mesh is None:
     mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, model=1), devices=jax.devices()[:1])
   shardings = sharding_lib.shardings_of(boxed, mesh)

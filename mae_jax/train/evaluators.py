@@ -24,6 +24,7 @@ from etils import epath
 
 from mae_jax import viz
 from mae_jax.data import pipeline
+from mae_jax.models import registry
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import probe
@@ -145,7 +146,9 @@ class Reconstructions:
       c = self.config
       rows = viz.reconstruction_rows(self.images, np.asarray(jax.device_get(pred)),
                                      np.asarray(jax.device_get(mask)), c.model.patch_size,
-                                     c.model.norm_pix_loss, self.mean, self.std)
+                                     c.model.norm_pix_loss, self.mean, self.std,
+                                     registry.tubelet_size(c),
+                                     bool(c.model.get("norm_pix_per_channel", False)))
       grid = viz.grid_image(rows, scale=viz.default_scale(c.data.image_size))
       viz.save_png(grid, str(epath.Path(self.workdir, "recon", f"step_{step:07d}.png")))
       self.writer.image(step, "reconstructions", grid)

@@ -40,8 +40,8 @@ class PretrainTask:
   def build(self, mesh, schedule, lr_fn):
     c = self.config
     tx = optim.adamw(c.optim, schedule)
-    image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
-    state, shardings = step_lib.create_train_state(self.model, tx, mesh, image_shape, c.seed)
+    state, shardings = step_lib.create_train_state(self.model, tx, mesh,
+                                                   registry.input_shape(c), c.seed)
     self.images_sharding = sharding_lib.batch_sharding(mesh)
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed,
                                           pipeline.normalization(c.data))
@@ -51,8 +51,7 @@ class PretrainTask:
     return state
 
   def device_batch(self, host_batch, step: int):
-    c = self.config
-    shape = (c.batch_size, c.data.image_size, c.data.image_size, c.data.channels)
+    shape = registry.input_shape(self.config, self.config.batch_size)
     return loop.global_array(self.images_sharding, host_batch["image"], shape)
 
   def evaluators(self, mesh, workdir: str, writer) -> list:

@@ -29,12 +29,16 @@ def pooled_features(model, params, images, kind: str = "mean"):
   if kind not in FEATURES:
     from mae_jax.errors import ConfigError
     raise ConfigError(f"probe.features={kind!r} must be one of {', '.join(FEATURES)}.")
+  prefix = int(getattr(model, "use_cls_token", True))
+  if kind == "cls" and not prefix:
+    from mae_jax.errors import ConfigError
+    raise ConfigError("probe.features=cls but the model has no cls token; use mean.")
   tokens = model.apply({"params": params}, images, method=model.features)
   if kind == "mean":
-    return tokens[:, 1:].mean(axis=1)
+    return tokens[:, prefix:].mean(axis=1)
   if kind == "cls":
     return tokens[:, 0]
-  return tokens[:, 1:].reshape(tokens.shape[0], -1)
+  return tokens[:, prefix:].reshape(tokens.shape[0], -1)
 
 
 def encoder_features(model, params, images: np.ndarray, batch_size: int = 500,
