@@ -149,6 +149,9 @@ class _Watchdog:
 
 def _join(kwargs: dict, timeout_s: float, message: str) -> None:
   kwargs = dict(kwargs, initialization_timeout=int(timeout_s) + _JAX_GRACE_S)
+  # Its SIGTERM notifier and sync point stop every process at one step
+  # (mae_jax.train.preemption).
+  jax.config.update("jax_enable_preemption_service", True)
   with _Watchdog(timeout_s, message):
     try:
       jax.distributed.initialize(**kwargs)

@@ -190,7 +190,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     pending = None  # (step, device metrics) checked one step late
     evaluated_at = {}
     t_log, images_since_log = time.time(), 0
-    with Preemption() as preemption:
+    with Preemption(start_step) as preemption:
       while step < num_steps:
         batch = task.device_batch(next(data_iter), step)
         profile.before_step(step)
@@ -219,7 +219,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
             if task.keep_best in result:
               best = {task.keep_best: result[task.keep_best]}
 
-        stop = preemption.reached()
+        stop = preemption.reached(step)
         if itstime(step, config.checkpoint.every_steps, num_steps) or stop or best:
           save(step, metrics, best)
         if stop:
