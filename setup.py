@@ -11,6 +11,8 @@ setup(
     install_requires=[
         "jax>=0.10", "flax>=0.12", "optax>=0.2.5", "orbax-checkpoint>=0.11",
         "tensorflow-cpu>=2.18", "tensorflow-datasets>=4.9.8", "grain>=0.2.12",
+        # tensorflow-datasets' builders (mae-jax prepare) import it without requiring it
+        "importlib_resources",
         "ml_collections>=1.0", "absl-py", "numpy", "pillow", "tensorboardX",
     ],
     extras_require={

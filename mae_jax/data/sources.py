@@ -139,9 +139,9 @@ class TfdsSource:
     except Exception as e:  # tfds raises many types; they all mean "not usable"
       raise DataError(
           f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
-          f"available: {str(e).splitlines()[0][:300]}. Prepare it with "
-          f"`tfds build {name} --file_format=array_record` (manual downloads such as "
-          "imagenet2012 need the archives in data_dir/downloads/manual).") from None
+          f"available: {str(e).splitlines()[0][:300]}. Prepare it with `mae-jax prepare "
+          f"--dataset={name} --data_dir={data_dir or 'DIR'}` (add --manual_dir=DIR for a "
+          "manual download such as imagenet2012: the directory holding its archives).") from None
     self.name = name
     self.num_classes = info.features["label"].num_classes if "label" in info.features else 0
     shape = info.features["image"].shape
