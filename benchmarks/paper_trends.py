@@ -356,6 +356,243 @@ def plot(report: dict, path: str) -> None:
   image.save(path)
 
 
+# ----------------------------------------------------------------- MAE vs from scratch
+
+# The paper's headline (He et al., Sec. 4): ViT-L/16 on ImageNet-1k, 82.5% trained from
+# scratch with the authors' strong recipe (76.5% with the original ViT recipe), 84.9%
+# fine-tuned from MAE pretraining.
+PAPER_SCRATCH = dict(scratch=82.5, scratch_original=76.5, mae=84.9)
+
+# MAE-pretrained vs from-scratch fine-tuning: ``configs/finetune_fmnist.py`` as it is
+# (its recipe, steps and batch) on the demo's encoder (``configs/pretrain_fmnist.py`` as
+# it is), one pretraining, fine-tuning seeds ``seeds``. ``overrides`` are dotted config
+# keys applied to every fine-tune (the tests shrink the model with them);
+# ``eval_examples`` / ``pixels_train`` 0 = the whole split.
+HEADLINE_MODE = dict(seeds=(0, 1, 2), arms=("mae", "scratch"), finetune_arg="", overrides={},
+                     eval_examples=0, probe_train=10000, pixels_train=0)
+# From scratch, layer-wise lr decay only slows the lower blocks (it exists to keep
+# pretrained features): the scratch arm trains every layer at the full lr, as the
+# paper's from-scratch recipe does.
+SCRATCH_OVERRIDES = {"optim.layer_decay": 1.0}
+
+
+def finetune_run(mode: dict, seed: int, init_from: str, workdir: str, threads: int,
+                 overrides: dict) -> dict:
+  """One fine-tune of ``configs/finetune_fmnist.py``; its top-1 and the CPU time it took
+  (``time.process_time``: every thread of this process, training + final evaluation).
+
+  The row is kept in ``workdir/run.json``; a finished run is not repeated, so an
+  interrupted sweep continues with ``--workdir`` and processes can share the seeds.
+  """
+  from mae_jax.train import classifier
+  done = os.path.join(workdir, "run.json")
+  if os.path.exists(done):
+    logging.info("%s: finished before, reusing its result", workdir)
+    with open(done) as f:
+      return json.load(f)
+  config = load_config("finetune_fmnist", mode["finetune_arg"] or None)
+  config.update_from_flattened_dict({**mode["overrides"], **overrides})
+  config.update(init_from=init_from, seed=seed)
+  config.data.update(num_threads=threads, eval_max_examples=mode["eval_examples"])
+  config.checkpoint.update(async_save=False, keep=1)
+  cpu, t0 = time.process_time(), time.time()
+  result = classifier.train_and_evaluate(config, workdir)
+  cpu = time.process_time() - cpu
+  row = dict(seed=seed, top1=result["top1"], top5=result["top5"],
+             cpu_minutes=round(cpu / 60, 2), wall_minutes=round((time.time() - t0) / 60, 2),
+             cpu_s_per_step=round(cpu / config.num_train_steps, 3),
+             layer_decay=config.optim.layer_decay,
+             settings=dict(steps=config.num_train_steps, batch=config.batch_size,
+                           model={k: config.model[k] for k in
+                                  ("embed_dim", "depth", "num_heads", "patch_size")}))
+  with open(done, "w") as f:
+    json.dump(row, f)
+  return row
+
+
+def reference_probes(pretrained: str, mode: dict, workdir: str) -> dict:
+  """The rows that need no fine-tuning: the demo's quick probe
+  (``evaluators.DemoProbe``: MAE encoder, random-init encoder, raw pixels on the same
+  ``probe_train`` images; taken from the pretraining's ``eval.json`` when its final
+  probe ran with these settings) and logistic regression on the raw pixels of
+  ``pixels_train`` training images (the whole split by default). Kept in
+  ``workdir/references.json`` like the runs."""
+  done = os.path.join(workdir, "references.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  import mae_jax
+  from mae_jax.data import pipeline
+  from mae_jax.train import evaluators, probe
+  loaded = mae_jax.load(pretrained)
+  config = loaded.config
+  train = pipeline.eval_arrays(config.data, config.data.split, mode["pixels_train"])
+  test = pipeline.eval_arrays(config.data, config.data.eval_split, mode["eval_examples"])
+  keys = ("linear_probe_top1", "random_init_probe_top1", "raw_pixels_probe_top1",
+          "probe_train_images", "probe_test_images")
+  saved = {}
+  if os.path.exists(os.path.join(loaded.workdir, "eval.json")):
+    with open(os.path.join(loaded.workdir, "eval.json")) as f:
+      saved = json.load(f)
+  if (all(k in saved for k in keys) and saved.get("step") == loaded.step and
+      config.probe.get("features") == "patches" and
+      (saved["probe_train_images"], saved["probe_test_images"]) == (mode["probe_train"],
+                                                                    len(test[1]))):
+    out = {k: saved[k] for k in keys}
+    logging.info("reference probes: from %s/eval.json", loaded.workdir)
+  else:
+    config.probe.update(max_train=mode["probe_train"], max_test=mode["eval_examples"],
+                        features="patches")
+    out = evaluators.DemoProbe(config, loaded.model).run(loaded, loaded.step)
+  flat = lambda images: images.reshape(len(images), -1)
+  out["raw_pixels_all_top1"] = probe.logistic_regression_top1(
+      flat(train[0]), train[1], flat(test[0]), test[1], int(train[1].max()) + 1,
+      steps=config.probe.steps, lr=config.probe.lr, weight_decay=config.probe.weight_decay)
+  out["raw_pixels_all_train_images"] = int(len(train[1]))
+  out["pretraining"] = dict(workdir_step=loaded.step, seed=int(config.seed),
+                            batch=int(config.batch_size), mask_ratio=config.model.mask_ratio)
+  with open(done, "w") as f:
+    json.dump(out, f)
+  return out
+
+
+def seed_summary(values) -> dict:
+  """Mean and sample standard deviation (ddof=1) over seeds."""
+  values = np.asarray(values, np.float64)
+  return dict(mean=float(values.mean()),
+              std=float(values.std(ddof=1)) if len(values) > 1 else 0.0, n=len(values))
+
+
+def headline_verdict(mae: dict, scratch: dict) -> dict:
+  """MAE minus scratch (points) against twice its standard error over seeds."""
+  delta = 100 * (mae["mean"] - scratch["mean"])
+  se = 100 * float(np.sqrt(mae["std"] ** 2 / mae["n"] + scratch["std"] ** 2 / scratch["n"]))
+  said = ("MAE beats scratch" if delta > 2 * se else
+          "scratch beats MAE" if delta < -2 * se else "no clear difference")
+  return dict(delta_points=round(delta, 2), standard_error_points=round(se, 2), verdict=said)
+
+
+def mae_vs_scratch(pretrained: str, mode: dict, workdir: str, threads: int) -> dict:
+  """Fine-tunes from ``pretrained`` and from a random init, per seed, plus the references.
+
+  With one of ``mode["arms"]`` only (to share a sweep between processes), the runs alone.
+  """
+  runs = {arm: [] for arm in mode["arms"]}
+  for seed in mode["seeds"]:
+    for init, init_from, overrides in (("mae", pretrained, {}),
+                                       ("scratch", "", SCRATCH_OVERRIDES)):
+      if init not in runs:
+        continue
+      run = finetune_run(mode, seed, init_from, os.path.join(workdir, f"{init}_seed{seed}"),
+                         threads, overrides)
+      logging.info("%s seed %d: top-1 %.4f (%.1f CPU min)", init, seed, run["top1"],
+                   run["cpu_minutes"])
+      runs[init].append(run)
+  if set(runs) != {"mae", "scratch"}:
+    return dict(runs=runs)
+  summary = {init: seed_summary([r["top1"] for r in rows]) for init, rows in runs.items()}
+  return dict(runs=runs, summary=summary,
+              verdict=headline_verdict(summary["mae"], summary["scratch"]),
+              references=reference_probes(pretrained, mode, workdir),
+              settings=runs["mae"][0]["settings"], mode_settings=mode,
+              paper=PAPER_SCRATCH)
+
+
+def headline_markdown(report: dict) -> str:
+  pct = lambda x: f"{100 * x:.1f}"
+  s, ref, runs = report["settings"], report["references"], report["runs"]
+  m, pre, v = s["model"], ref["pretraining"], report["verdict"]
+  seeds = [r["seed"] for r in runs["mae"]]
+  cpu = [r["cpu_minutes"] for rows in runs.values() for r in rows]
+  lines = [
+      "# MAE pretraining vs training from scratch on Fashion-MNIST",
+      "",
+      f"Measured on {report['hardware']}, {report['date']}. The same ViT (width "
+      f"{m['embed_dim']}, {m['depth']} blocks, patch {m['patch_size']}, 28x28 images) "
+      f"fine-tuned with the same recipe and budget (`configs/finetune_fmnist.py`: "
+      f"{s['steps']} steps of {s['batch']} images), from the demo's MAE pretraining "
+      f"(`configs/pretrain_fmnist.py`, {pre['workdir_step']} steps of {pre['batch']} "
+      f"images, mask {pre['mask_ratio']}, seed {pre['seed']}) or from a random "
+      "initialisation (there with layer decay "
+      f"{runs['scratch'][0]['layer_decay']} instead of {runs['mae'][0]['layer_decay']}: "
+      "decay only slows the lower blocks, which from scratch hold nothing to keep). "
+      f"Fine-tuning seeds {', '.join(map(str, seeds))} (they set the "
+      "data order, the head and, from scratch, the whole initialisation); top-1 on "
+      f"{ref['probe_test_images']} test images, mean ± sample std over seeds.",
+      "",
+      "| fine-tuned from | " + " | ".join(f"seed {x}" for x in seeds)
+      + " | mean ± std | CPU min per run |",
+      "| --- | " + "--- | " * len(seeds) + "--- | --- |",
+  ]
+  for init, name in (("mae", "MAE pretraining"), ("scratch", "random init (scratch)")):
+    row, stat = runs[init], report["summary"][init]
+    lines.append(f"| {name} | " + " | ".join(pct(r["top1"]) for r in row)
+                 + f" | **{pct(stat['mean'])} ± {pct(stat['std'])}** | "
+                 + f"{np.mean([r['cpu_minutes'] for r in row]):.1f} |")
+  lines += [
+      "", "| reference (no fine-tuning) | top-1 |", "| --- | --- |",
+      f"| logistic regression on raw pixels ({ref['raw_pixels_all_train_images']} "
+      f"training images) | {pct(ref['raw_pixels_all_top1'])} |",
+      f"| logistic regression on raw pixels ({ref['probe_train_images']} training images) "
+      f"| {pct(ref['raw_pixels_probe_top1'])} |",
+      "| linear probe of a random-init encoder (patch tokens, "
+      f"{ref['probe_train_images']} training images) | {pct(ref['random_init_probe_top1'])} |",
+      "| linear probe of the MAE encoder (patch tokens, "
+      f"{ref['probe_train_images']} training images) | {pct(ref['linear_probe_top1'])} |",
+      "",
+      "The probes are the demo's quick probe (`mae_jax/train/probe.py`: logistic "
+      "regression, 300 full-batch AdamW steps on standardised features).",
+      "",
+      f"**Verdict: {v['verdict']}** -- MAE minus scratch {v['delta_points']:+.1f} points "
+      f"(standard error {v['standard_error_points']:.1f}; a difference beyond twice it "
+      f"counts). Paper (ViT-L/16, ImageNet-1k): {report['paper']['scratch']}% from scratch "
+      f"with the authors' strong recipe ({report['paper']['scratch_original']}% with the "
+      f"original ViT recipe), {report['paper']['mae']}% fine-tuned from MAE.",
+      "",
+      f"CPU time: `time.process_time()` of the benchmark process around each run (every "
+      "thread; training, compilation and the final evaluation), "
+      f"{min(cpu):.1f}-{max(cpu):.1f} min per run, "
+      f"{np.mean([r['cpu_s_per_step'] for rows in runs.values() for r in rows]):.2f} "
+      "CPU s per step.",
+      "",
+      "Reproduce: `python benchmarks/paper_trends.py --mae_vs_scratch` (pretrains the demo "
+      "first; `--pretrained=W` reuses a `configs/pretrain_fmnist.py` workdir).",
+      ""]
+  return "\n".join(lines)
+
+
+def write_headline_report(report: dict, out: str) -> None:
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "mae_vs_scratch.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(out, "mae_vs_scratch.md"), "w") as f:
+    f.write(headline_markdown(report))
+  print(json.dumps({"summary": report["summary"], **report["verdict"]}))
+
+
+def headline_main(args, hardware: str, root: str) -> None:
+  """``--mae_vs_scratch``: pretrain the demo (unless ``--pretrained``), then the sweep."""
+  pretrained = args.pretrained
+  if not pretrained:
+    from mae_jax.train import pretrain
+    config = load_config("pretrain_fmnist")
+    # its final probe gives the reference rows (reference_probes)
+    config.probe.update(max_train=HEADLINE_MODE["probe_train"], features="patches")
+    config.checkpoint.async_save = False
+    pretrained = os.path.join(root, "pretrain")
+    pretrain.train_and_evaluate(config, pretrained)
+  import jax
+  t0 = time.time()
+  mode = dict(HEADLINE_MODE, seeds=tuple(int(x) for x in args.seeds.split(",")),
+              arms=tuple(args.arms.split(",")))
+  report = mae_vs_scratch(pretrained, mode, root, max(args.threads, 0))
+  if "summary" not in report:
+    return print(json.dumps(report["runs"]))
+  report.update(hardware=hardware, date=datetime.date.today().isoformat(),
+                total_minutes=round((time.time() - t0) / 60, 2), jax=jax.__version__)
+  write_headline_report(report, args.out)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -371,7 +608,20 @@ def main(argv=None):
   parser.add_argument("--hardware", default="", help="text for the report, e.g. '1x H100'")
   parser.add_argument("--render_only", action="store_true",
                       help="re-write the .md and .png from the .json in --out, no runs")
+  parser.add_argument("--mae_vs_scratch", action="store_true",
+                      help="instead of the ablations: MAE-pretrained vs from-scratch "
+                      "fine-tuning, 3 seeds (CPU: about 70 CPU minutes)")
+  parser.add_argument("--pretrained", default="",
+                      help="--mae_vs_scratch: reuse this configs/pretrain_fmnist.py workdir")
+  parser.add_argument("--seeds", default="0,1,2",
+                      help="--mae_vs_scratch: fine-tuning seeds (runs finished in "
+                      "--workdir are reused)")
+  parser.add_argument("--arms", default="mae,scratch",
+                      help="--mae_vs_scratch: one arm runs only its fine-tunes, no report")
   args = parser.parse_args(argv)
+  if args.mae_vs_scratch and args.render_only:
+    return write_headline_report(
+        json.load(open(os.path.join(args.out, "mae_vs_scratch.json"))), args.out)
   if args.render_only:
     return write_report(json.load(open(os.path.join(args.out, "paper_trends.json"))), args.out)
 
@@ -387,6 +637,8 @@ def main(argv=None):
       f"a {os.cpu_count()}-core CPU ({platform.machine()})" if device.platform == "cpu"
       else f"1x {device.device_kind}")
   root = args.workdir or tempfile.mkdtemp(prefix="paper_trends_")
+  if args.mae_vs_scratch:
+    return headline_main(args, hardware, root)
   todo = points(mode)
   logging.info("paper trends, %s mode: %d points on %s; run directories under %s",
                mode_name, len(todo), hardware, root)

@@ -211,6 +211,31 @@ def test_incompatible_or_missing_init_from_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------- configs
 
 
+def test_fmnist_config_has_its_short_run_recipe_and_trains(tmp_path, fmnist_available):
+  """``configs/finetune_fmnist.py``: the recipe its docstring documents for a run shorter
+  than an epoch, and, shrunk, two steps that evaluate once, at the end."""
+  from conftest import tiny_classifier
+  from mae_jax.train import optim
+  config = load_config("finetune_fmnist")
+  aug = config.data.augment
+  assert (aug.mixup, aug.cutmix, aug.rand_augment, aug.reprob, config.model.drop_path,
+          aug.label_smoothing, config.ema.enabled) == (0.0, 0.0, "none", 0.0, 0.0, 0.1, False)
+  assert (config.batch_size, config.num_train_steps, config.optim.layer_decay) == (64, 800, 0.75)
+  assert optim.peak_lr(config.optim, config.batch_size) == pytest.approx(1e-3)
+  assert (config.optim.warmup_steps, config.eval_every_steps) == (40, 800)
+  short = load_config("finetune_fmnist", "steps=200")
+  assert (short.optim.warmup_steps, short.eval_every_steps) == (10, 200)
+  short.num_train_steps = 60    # a command-line override moves both
+  assert (short.optim.warmup_steps, short.eval_every_steps) == (3, 60)
+
+  config = tiny_classifier("finetune", steps=2)
+  result = classifier.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "eval.json") as f:
+    saved = json.load(f)
+  assert [h["step"] for h in saved["history"]] == [2]
+  assert saved["top1"] == result["top1"] and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+
+
 @pytest.mark.parametrize("variant,blr,decay,drop,epochs", [
     ("B/16", 5e-4, 0.65, 0.1, 100), ("L/16", 1e-3, 0.75, 0.2, 50),
     ("H/14", 1e-3, 0.75, 0.3, 50)])
