@@ -80,7 +80,8 @@ def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path):
 
 def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog):
   """The sweep of ``paper_trends.py --mae_vs_scratch`` on a 2-step pretraining and
-  2-step fine-tunes: both arms per seed, the summary against NumPy, the report."""
+  2-step fine-tunes: both arms, finished runs reused, the summary against NumPy, the
+  report and its re-rendering."""
   import logging
   import numpy as np
   from conftest import load_config, tiny_overrides
@@ -89,25 +90,35 @@ def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog)
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=2, batch=16)
   pretrained = str(tmp_path / "pretrain")
   pretrain.train_and_evaluate(config, pretrained)
-  mode = dict(trends.HEADLINE_MODE, seeds=(0, 1), finetune_arg="steps=2",
+  mode = dict(trends.HEADLINE_MODE, seeds=(0,), finetune_arg="steps=2",
               overrides={"model.embed_dim": 32, "model.depth": 1, "model.num_heads": 2,
                          "model.patch_size": 7, "batch_size": 16},
               eval_examples=64, probe_train=128, pixels_train=256)
+  runs = tmp_path / "runs"
   with caplog.at_level(logging.INFO):
-    report = trends.mae_vs_scratch(pretrained, mode, str(tmp_path / "runs"), threads=0)
-  assert caplog.text.count("init_from: loaded") == 2                     # the MAE arm
-  assert caplog.text.count("training from a random initialisation") == 2  # scratch
+    one = trends.mae_vs_scratch(pretrained, mode, str(runs), threads=0)
+  assert caplog.text.count("init_from: loaded") == 1                     # the MAE arm
+  assert caplog.text.count("training from a random initialisation") == 1  # scratch
+  assert one["verdict"]["verdict"].endswith("ahead on one seed (no standard error)")
   for init, init_from, decay in (("mae", pretrained, 0.75), ("scratch", "", 1.0)):
-    runs = report["runs"][init]
-    assert [r["seed"] for r in runs] == [0, 1]
-    for r in runs:
-      with open(tmp_path / "runs" / f"{init}_seed{r['seed']}" / "config.json") as f:
-        saved = json.load(f)
-      assert (saved["init_from"], saved["seed"], saved["optim"]["layer_decay"]) == (
-          init_from, r["seed"], decay)
-      assert saved["num_train_steps"] == 2 and saved["model"]["embed_dim"] == 32
-      assert 0.0 <= r["top1"] <= r["top5"] <= 1.0 and r["cpu_minutes"] > 0
-    top1 = [r["top1"] for r in runs]
+    with open(runs / f"{init}_seed0" / "config.json") as f:
+      saved = json.load(f)
+    assert (saved["init_from"], saved["seed"], saved["optim"]["layer_decay"]) == (
+        init_from, 0, decay)
+    assert saved["num_train_steps"] == 2 and saved["model"]["embed_dim"] == 32
+    (r,) = one["runs"][init]
+    assert 0.0 <= r["top1"] <= r["top5"] <= 1.0 and r["cpu_minutes"] > 0
+    # a second seed as if another process had finished it: the sweep reuses it
+    (runs / f"{init}_seed1").mkdir()
+    other = dict(r, seed=1, top1=0.25 if init == "mae" else 0.5)
+    (runs / f"{init}_seed1" / "run.json").write_text(json.dumps(other))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    report = trends.mae_vs_scratch(pretrained, dict(mode, seeds=(0, 1)), str(runs), 0)
+  assert caplog.text.count("finished before, reusing its result") == 4
+  for init in ("mae", "scratch"):
+    top1 = [r["top1"] for r in report["runs"][init]]
+    assert [r["seed"] for r in report["runs"][init]] == [0, 1]
     assert report["summary"][init]["mean"] == pytest.approx(np.mean(top1))
     assert report["summary"][init]["std"] == pytest.approx(np.std(top1, ddof=1))
   ref = report["references"]
@@ -116,15 +127,14 @@ def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog)
   for key in ("raw_pixels_all_top1", "raw_pixels_probe_top1", "random_init_probe_top1",
               "linear_probe_top1"):
     assert 0.1 < ref[key] <= 1.0, key      # 10 classes: chance is 0.1
-  v = report["verdict"]
-  assert v["delta_points"] == pytest.approx(
-      100 * (np.mean(report["summary"]["mae"]["mean"]) - report["summary"]["scratch"]["mean"]),
-      abs=0.01)
+  mean = {k: 100 * v["mean"] for k, v in report["summary"].items()}
+  assert report["verdict"]["delta_points"] == pytest.approx(mean["mae"] - mean["scratch"],
+                                                            abs=0.01)
   report.update(hardware="a test CPU", date="2026-01-01", total_minutes=0.1, jax="x")
   trends.write_headline_report(report, str(tmp_path / "out"))
   text = (tmp_path / "out" / "mae_vs_scratch.md").read_text()
   mae = report["summary"]["mae"]
   assert f"**{100 * mae['mean']:.1f} ± {100 * mae['std']:.1f}**" in text
-  assert v["verdict"] in text and "| seed 0 | seed 1 |" in text
+  assert report["verdict"]["verdict"] in text and "| seed 0 | seed 1 |" in text
   trends.main(["--mae_vs_scratch", "--render_only", f"--out={tmp_path / 'out'}"])
   assert (tmp_path / "out" / "mae_vs_scratch.md").read_text() == text
