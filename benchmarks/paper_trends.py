@@ -640,7 +640,7 @@ def main(argv=None):
                       help="re-write the .md and .png from the .json in --out, no runs")
   parser.add_argument("--mae_vs_scratch", action="store_true",
                       help="instead of the ablations: MAE-pretrained vs from-scratch "
-                      "fine-tuning, 3 seeds (CPU: about 70 CPU minutes)")
+                      "fine-tuning, 3 seeds (CPU: about 65 CPU minutes)")
   parser.add_argument("--pretrained", default="",
                       help="--mae_vs_scratch: reuse this configs/pretrain_fmnist.py workdir")
   parser.add_argument("--seeds", default="0,1,2",

@@ -220,9 +220,9 @@ def test_fmnist_config_has_its_short_run_recipe_and_trains(tmp_path, fmnist_avai
   aug = config.data.augment
   assert (aug.mixup, aug.cutmix, aug.rand_augment, aug.reprob, config.model.drop_path,
           aug.label_smoothing, config.ema.enabled) == (0.0, 0.0, "none", 0.0, 0.0, 0.1, False)
-  assert (config.batch_size, config.num_train_steps, config.optim.layer_decay) == (64, 800, 0.75)
+  assert (config.batch_size, config.num_train_steps, config.optim.layer_decay) == (64, 600, 0.75)
   assert optim.peak_lr(config.optim, config.batch_size) == pytest.approx(1e-3)
-  assert (config.optim.warmup_steps, config.eval_every_steps) == (40, 800)
+  assert (config.optim.warmup_steps, config.eval_every_steps) == (30, 600)
   short = load_config("finetune_fmnist", "steps=200")
   assert (short.optim.warmup_steps, short.eval_every_steps) == (10, 200)
   short.num_train_steps = 60    # a command-line override moves both
