@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# Chooses the gs:// client (etils caches the choice at the first path it sees).
+from mae_jax import fileio  # noqa: E402,F401
+
 
 def load(path, step=None):
   """Loads a workdir (latest or given ``step``) or a ``W/checkpoints/<step>`` directory.

@@ -4,6 +4,8 @@ dataset images or of the user's own files (``load_images``).
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -82,12 +84,12 @@ def grid_image(rows: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
 def load_images(paths, size: int, channels: int) -> np.ndarray:
   """Image files (local or ``gs://``; JPEG, PNG, ...) as uint8 ``[N, size, size,
   channels]``: the shorter side resized to ``size`` (bicubic), then centre-cropped."""
-  from etils import epath
+  from mae_jax import fileio
   from mae_jax.data import augment, sources
   from mae_jax.errors import CorruptImageError, DataError
   out = []
   for path in paths:
-    if not epath.Path(path).exists():
+    if not fileio.exists(path):
       raise DataError(f"--images: {path} does not exist.")
     try:
       image = sources.read_image(path, channels)
@@ -97,12 +99,13 @@ def load_images(paths, size: int, channels: int) -> np.ndarray:
   return np.stack(out)
 
 
-def save_png(image: np.ndarray, path: str) -> None:
-  from etils import epath
-  p = epath.Path(path)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  with p.open("wb") as f:
-    Image.fromarray(image).save(f, format="PNG")
+def save_png(image: np.ndarray | Image.Image, path: str) -> None:
+  """Writes a uint8 [H, W, C] array or a PIL image as PNG (local or ``gs://``)."""
+  from mae_jax import fileio
+  buffer = io.BytesIO()
+  (Image.fromarray(image) if isinstance(image, np.ndarray) else image).save(buffer,
+                                                                            format="PNG")
+  fileio.write_bytes(path, buffer.getvalue())
 
 
 def default_scale(height: int) -> int:

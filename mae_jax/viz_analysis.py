@@ -11,7 +11,6 @@ Every function returns a ``PIL.Image``; ``save`` writes it as PNG.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -304,6 +303,6 @@ def bar_chart(categories, series, title: str, ylabel: str, size=(640, 400),
 
 
 def save(img: Image.Image, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  img.save(path, format="PNG")
+  from mae_jax import viz
+  viz.save_png(img, path)
   return path

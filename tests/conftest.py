@@ -6,6 +6,7 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import mae_jax  # noqa: E402,F401  (chooses the gs:// client before any test touches a path)
 
 import pytest  # noqa: E402
 
@@ -90,3 +91,6 @@ def fmnist_available():
     raise RuntimeError(f"{DEBIAN_FASHION_MNIST} is missing: run `make dataset` "
                        "(apt-get install dataset-fashion-mnist) before the tests.")
   return DEBIAN_FASHION_MNIST
+
+
+from gcs_emulator import gcs, gcs_server  # noqa: E402,F401  (fixtures)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 
+from mae_jax import fileio
 from mae_jax import viz_analysis as va
 
 PAPER = ("S. Cao, P. Xu, D. A. Clifton, *How to Understand Masked Autoencoders*, "
@@ -231,7 +231,7 @@ def plot_all(out_dir: str, runs, data) -> dict:
   files: dict = {}
 
   def save(key, img, name):
-    va.save(img, os.path.join(out_dir, name))
+    va.save(img, fileio.join(out_dir, name))
     files.setdefault(key, []).append(name)
 
   for i, run in enumerate(runs):
@@ -615,14 +615,13 @@ def _verdicts(runs, summaries, rule_fn, detail_fn) -> list[str]:
 
 def write(out_dir: str, runs, data: dict, settings) -> dict:
   """Writes ``report.md``, ``analysis.json`` and the PNGs; returns the summaries."""
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   summaries = [summarize(r["result"]) for r in runs]
   data_summaries = {ps: summarize_data(d, runs[0]["result"]["mask_ratio"])
                     for ps, d in data.items()}
   files = plot_all(out_dir, runs, data)
   text = markdown(runs, data, files, settings, summaries, data_summaries)
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(text)
+  fileio.write_text(fileio.join(out_dir, "report.md"), text)
   verdicts = []
   for run, s in zip(runs, summaries):
     verdicts.append({"label": run["label"],
@@ -640,6 +639,6 @@ def write(out_dir: str, runs, data: dict, settings) -> dict:
                          "result": d} for ps, d in data.items()},
       "files": files,
   }
-  with open(os.path.join(out_dir, "analysis.json"), "w") as f:
-    json.dump(to_jsonable(payload), f, indent=1, allow_nan=False)
+  fileio.write_text(fileio.join(out_dir, "analysis.json"),
+                    json.dumps(to_jsonable(payload), indent=1, allow_nan=False))
   return {"summaries": summaries, "data_summaries": data_summaries, "files": files}

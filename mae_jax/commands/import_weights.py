@@ -15,11 +15,11 @@ or from ``--config`` when given. Encoder-only files (the released
 from __future__ import annotations
 
 import logging
-import os
 
 from absl import flags
 from ml_collections import config_flags
 
+from mae_jax import fileio
 from mae_jax.commands import common
 from mae_jax.errors import UserError
 
@@ -44,8 +44,8 @@ def main(argv):
   common.setup_logging()
   workdir = _WORKDIR.value
   from mae_jax.train import checkpoint
-  if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)) or os.path.exists(
-      os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+  if fileio.exists(fileio.join(workdir, checkpoint.CONFIG_FILE)) or fileio.exists(
+      fileio.join(workdir, checkpoint.CHECKPOINT_DIR)):
     raise UserError(f"{workdir} already holds a workdir; import into a new --workdir.")
   from mae_jax import export
   from mae_jax.export import classifier

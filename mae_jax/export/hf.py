@@ -11,11 +11,11 @@ the ``safetensors`` package, not torch.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
+from mae_jax import fileio
 from mae_jax.errors import CheckpointError
 from mae_jax.export import official
 
@@ -114,40 +114,39 @@ def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
 
 
 def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
-  if os.path.isfile(out):
+  if fileio.isfile(out):
     raise CheckpointError(f"{out} is a file; --format=hf writes a directory.")
-  os.makedirs(out, exist_ok=True)
-  weights = os.path.join(out, WEIGHTS[0])
+  fileio.makedirs(out)
+  weights = fileio.join(out, WEIGHTS[0])
   official.save_safetensors(state_dict, weights)
   meta = dict(meta)
   written = []
   if "preprocessor" in meta:
-    processor = os.path.join(out, PROCESSOR)
+    processor = fileio.join(out, PROCESSOR)
     official.write_json(meta.pop("preprocessor"), processor)
     written.append(processor)
-  config = os.path.join(out, CONFIG)
+  config = fileio.join(out, CONFIG)
   official.write_json(meta, config)
   return [config, weights] + written
 
 
 def read(path: str) -> tuple[dict, dict | None, list[str]]:
   """A ``from_pretrained`` directory, or a weights file (``config.json`` beside it)."""
-  if os.path.isdir(path):
+  if fileio.isdir(path):
     directory, files = path, None
     for name in INDEX:
-      index = os.path.join(path, name)
-      if os.path.isfile(index):
-        with open(index) as f:
-          files = sorted(set(json.load(f)["weight_map"].values()))
+      index = fileio.join(path, name)
+      if fileio.isfile(index):
+        files = sorted(set(json.loads(fileio.read_text(index))["weight_map"].values()))
         break
     if files is None:
-      files = [name for name in WEIGHTS if os.path.isfile(os.path.join(path, name))][:1]
+      files = [name for name in WEIGHTS if fileio.isfile(fileio.join(path, name))][:1]
     if not files:
       raise CheckpointError(f"{path} has none of {', '.join(WEIGHTS + INDEX)}; not a Hugging "
                             "Face model directory.")
-    paths = [os.path.join(path, name) for name in files]
+    paths = [fileio.join(path, name) for name in files]
   else:
-    directory, paths = os.path.dirname(path), [path]
+    directory, paths = fileio.dirname(path), [path]
   sd, notices = {}, []
   for p in paths:
     part, note = official.unwrap(official.load_tensors(p), p)
@@ -155,11 +154,10 @@ def read(path: str) -> tuple[dict, dict | None, list[str]]:
     if note:
       notices.append(note)
   meta = None
-  config = os.path.join(directory or ".", CONFIG)
-  if os.path.isfile(config):
+  config = fileio.join(directory or ".", CONFIG)
+  if fileio.isfile(config):
     try:
-      with open(config) as f:
-        meta = json.load(f)
+      meta = json.loads(fileio.read_text(config))
     except (OSError, json.JSONDecodeError) as e:
       raise CheckpointError(f"{config} cannot be read as JSON ({e}).") from None
   return sd, meta, notices

@@ -7,10 +7,12 @@ encoder only, ``*_full.pth`` / ``mae_visualize_vit_*.pth`` the whole model.
 
 This module also holds the file helpers the other formats share: reading
 ``.pth`` with ``torch.load(weights_only=True)`` (never arbitrary unpickling) or
-``.safetensors``, and writing both. torch is imported only inside them.
+``.safetensors``, and writing both, local or ``gs://`` (through
+``mae_jax.fileio``). torch is imported only inside them.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mae_jax import fileio
 from mae_jax.errors import CheckpointError, UserError
 
 KWARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
@@ -85,11 +88,10 @@ def sidecar_path(path: str) -> str:
 
 def read_sidecar(path: str) -> dict | None:
   side = sidecar_path(path)
-  if not os.path.isfile(side) or os.path.abspath(side) == os.path.abspath(path):
+  if fileio.same(side, path) or not fileio.isfile(side):
     return None
   try:
-    with open(side) as f:
-      meta = json.load(f)
+    meta = json.loads(fileio.read_text(side))
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{side} cannot be read as JSON ({e}).") from None
   if not isinstance(meta, dict):
@@ -98,12 +100,7 @@ def read_sidecar(path: str) -> dict | None:
 
 
 def write_json(obj: dict, path: str) -> None:
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+  fileio.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def _torch():
@@ -125,23 +122,19 @@ def save_pth(obj: Any, path: str) -> None:
       return {k: convert(v) for k, v in x.items()}
     return x
 
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  torch.save(convert(obj), path)
+  buffer = io.BytesIO()
+  torch.save(convert(obj), buffer)
+  fileio.write_bytes(path, buffer.getvalue())
 
 
 def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str) -> None:
   try:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
   except ImportError:
     raise UserError(f"writing .safetensors needs the safetensors package; {INSTALL_HINT}.") \
         from None
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
-            metadata={"format": "pt"})
+  fileio.write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in state_dict.items()},
+                                metadata={"format": "pt"}))
 
 
 def load_tensors(path: str) -> Any:
@@ -152,9 +145,9 @@ def load_tensors(path: str) -> Any:
   official training checkpoints carry as ``args``). A file holding any other
   pickled object -- a function, a class, a callable -- is refused.
   """
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise CheckpointError(f"{path} does not exist.")
-  if os.path.isdir(path):
+  if fileio.isdir(path):
     raise CheckpointError(f"{path} is a directory; pass the weights file.")
   if path.endswith(".safetensors"):
     return _load_safetensors(path)
@@ -163,7 +156,8 @@ def load_tensors(path: str) -> Any:
   import pickle
   try:
     with torch.serialization.safe_globals([argparse.Namespace]):
-      obj = torch.load(path, map_location="cpu", weights_only=True)
+      with fileio.open(path, "rb") as f:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     text = str(e)
     found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -185,19 +179,19 @@ def load_tensors(path: str) -> Any:
 
 def _load_safetensors(path: str) -> dict:
   try:
-    from safetensors import safe_open
+    from safetensors import numpy as st_numpy
   except ImportError:
     raise UserError(f"reading .safetensors needs the safetensors package; {INSTALL_HINT}.") \
         from None
+  data = fileio.read_bytes(path)
   try:
-    with safe_open(path, framework="numpy") as f:
-      try:
-        return {key: f.get_tensor(key) for key in f.keys()}
-      except (TypeError, ValueError):  # e.g. bfloat16, which NumPy lacks: go through torch
-        pass
+    try:
+      return st_numpy.load(data)
+    except (KeyError, TypeError, ValueError):  # e.g. bfloat16, which NumPy lacks: use torch
+      pass
     _torch()
-    with safe_open(path, framework="pt") as f:
-      return {key: f.get_tensor(key) for key in f.keys()}
+    from safetensors import torch as st_torch
+    return st_torch.load(data)
   except UserError:
     raise
   except Exception as e:  # safetensors raises its own error types for bad headers

@@ -90,16 +90,16 @@ def is_local_dir(out: str) -> bool:
 
 def write_local_dir(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
   """The folder ``timm.create_model("local-dir:out", pretrained=True)`` loads."""
-  import os
+  from mae_jax import fileio
   kwargs = meta["kwargs"]
-  if os.path.isfile(out):
+  if fileio.isfile(out):
     from mae_jax.errors import UserError
     raise UserError(f"{out} is a file; a timm folder export needs a directory path.")
-  os.makedirs(out, exist_ok=True)
+  fileio.makedirs(out)
   local = {"architecture": meta["model_name"], "num_classes": kwargs["num_classes"],
            "num_features": kwargs["embed_dim"], "global_pool": kwargs["global_pool"],
            "model_args": kwargs, "pretrained_cfg": meta["pretrained_cfg"]}
-  weights, config = os.path.join(out, LOCAL_WEIGHTS), os.path.join(out, LOCAL_CONFIG)
+  weights, config = fileio.join(out, LOCAL_WEIGHTS), fileio.join(out, LOCAL_CONFIG)
   official.save_safetensors(state_dict, weights)
   official.write_json(local, config)
   return [config, weights]
@@ -132,16 +132,15 @@ def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[st
 def read(path: str) -> tuple[dict, dict | None, list[str]]:
   """``F.pth`` / ``F.safetensors`` (+ ``F.json``), or a ``local-dir`` folder."""
   import json
-  import os
-  if os.path.isdir(path):
-    config = os.path.join(path, LOCAL_CONFIG)
+  from mae_jax import fileio
+  if fileio.isdir(path):
+    config = fileio.join(path, LOCAL_CONFIG)
     try:
-      with open(config) as f:
-        local = json.load(f)
+      local = json.loads(fileio.read_text(config))
     except (OSError, json.JSONDecodeError) as e:
       from mae_jax.errors import CheckpointError
       raise CheckpointError(f"{config} cannot be read as a timm folder config ({e}).") from None
-    sd, note = official.unwrap(official.load_tensors(os.path.join(path, LOCAL_WEIGHTS)), path)
+    sd, note = official.unwrap(official.load_tensors(fileio.join(path, LOCAL_WEIGHTS)), path)
     meta = {"model_name": local.get("architecture"), "kwargs": local.get("model_args", {})}
     return sd, meta, [note] if note else []
   sd, note = official.unwrap(official.load_tensors(path), path)

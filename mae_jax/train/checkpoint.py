@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mae_jax import fileio
 from mae_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -31,10 +32,6 @@ CHECKPOINT_DIR = "checkpoints"
 def _grain_handler():
   import grain  # the data layer's package; only needed when the iterator is saved
   return grain.checkpoint.CheckpointHandler()
-
-
-def _absolute(path: epath.Path) -> epath.Path:
-  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
 
 
 class Checkpointer:
@@ -48,7 +45,7 @@ class Checkpointer:
                async_save: bool = True, with_data: bool = True,
                keep_best: str | None = None):
     from orbax.checkpoint import checkpoint_managers
-    self.directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
+    self.directory = fileio.absolute(workdir) / CHECKPOINT_DIR
     if keep < 1:
       raise CheckpointError(f"checkpoint.keep={keep} must be >= 1.")
     policy = checkpoint_managers.LatestN(n=int(keep))
@@ -232,7 +229,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.path = os.path.join(workdir, LOCK_FILE)
-    self.enabled = enabled and "://" not in str(workdir)
+    self.enabled = enabled and not fileio.is_remote(workdir)
     self.held = False
 
   def acquire(self) -> str | None:
@@ -297,14 +294,13 @@ class WorkdirLock:
 
 
 def save_config(workdir: str, config) -> None:
-  path = epath.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.write_text(fileio.join(workdir, CONFIG_FILE),
+                    config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str):
   import ml_collections
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = fileio.path(workdir) / CONFIG_FILE
   if not path.exists():
     raise CheckpointError(f"{workdir} has no {CONFIG_FILE}: not a mae_jax workdir "
                           "(run `mae-jax pretrain` or `mae-jax import` to make one).")
@@ -326,7 +322,7 @@ class Loaded:
 
 def resolve(path: str) -> tuple[str, int | None]:
   """Workdir and step from a workdir or a ``W/checkpoints/<step>`` directory."""
-  p = epath.Path(path)
+  p = fileio.path(path)
   if not p.exists():
     raise CheckpointError(f"{path} does not exist.")
   if p.name.isdigit() and p.parent.name == CHECKPOINT_DIR:
@@ -366,7 +362,7 @@ def restore_parts(workdir: str, step: int | None, sharding, keys=("params",)
                   ) -> tuple[dict, int]:
   """``({key: subtree as NumPy}, step)`` for top-level ``keys`` of a checkpoint's state
   (e.g. ``params``, ``batch_stats``), laid out by ``sharding`` while read."""
-  directory = _absolute(epath.Path(workdir) / CHECKPOINT_DIR)
+  directory = fileio.absolute(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
                                                       create=False),

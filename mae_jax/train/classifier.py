@@ -25,10 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from etils import epath
 from flax import traverse_util
 
-from mae_jax import config_lib
+from mae_jax import config_lib, fileio
 from mae_jax.data import finetune_augment, pipeline
 from mae_jax.data.sources import open_source
 from mae_jax.errors import CheckpointError, ConfigError
@@ -240,7 +239,7 @@ def validate(config) -> None:
   task = config.get("task", "")
   if task not in TASKS:
     raise ConfigError(f"task={task!r} must be one of {', '.join(TASKS)}.")
-  if config.init_from and not epath.Path(config.init_from).exists():
+  if config.init_from and not fileio.exists(config.init_from):
     raise CheckpointError(f"config.init_from={config.init_from} does not exist; give a "
                           "pretraining workdir (mae-jax pretrain / mae-jax import).")
   if task == "linprobe" and config.model.get("drop_path", 0.0):

@@ -20,9 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
-from mae_jax import viz
+from mae_jax import fileio, viz
 from mae_jax.data import pipeline
 from mae_jax.models import registry
 from mae_jax.parallel import mesh as mesh_lib
@@ -37,13 +36,13 @@ class EvalLog:
   """``W/eval.json``: the latest results, a history and the best of one metric."""
 
   def __init__(self, workdir: str, best_metric: str | None = None, enabled: bool = True):
-    self.path = epath.Path(workdir) / EVAL_FILE
+    self.path = fileio.join(workdir, EVAL_FILE)
     self.best_metric = best_metric
     self.enabled = enabled
     self.data = {"history": []}
-    if self.path.exists():
+    if fileio.exists(self.path):
       try:
-        self.data = json.loads(self.path.read_text())
+        self.data = json.loads(fileio.read_text(self.path))
       except json.JSONDecodeError:
         logging.warning("%s is not valid JSON; starting a new one", self.path)
 
@@ -66,14 +65,14 @@ class EvalLog:
                      "best_step": best["step"]})
     self.data = data
     if self.enabled:
-      self.path.write_text(json.dumps(data, indent=2))
+      fileio.write_text(self.path, json.dumps(data, indent=2))
     return data
 
   def note(self, **values) -> None:
     """Adds fields outside the history (e.g. the best checkpoint's path)."""
     self.data.update(values)
     if self.enabled:
-      self.path.write_text(json.dumps(self.data, indent=2))
+      fileio.write_text(self.path, json.dumps(self.data, indent=2))
 
 
 class ShardedSplit:
@@ -134,7 +133,7 @@ class Reconstructions:
     self._run = jax.jit(apply, out_shardings=replicated)  # every process can read it
 
   def has_result(self, eval_log: EvalLog) -> bool:
-    return any(epath.Path(self.workdir, "recon").glob("*.png"))
+    return bool(fileio.glob(fileio.join(self.workdir, "recon"), "*.png"))
 
   def scalars(self, result: dict) -> dict:
     return {}  # the grid goes to TensorBoard as an image
@@ -150,7 +149,7 @@ class Reconstructions:
                                      registry.tubelet_size(c),
                                      bool(c.model.get("norm_pix_per_channel", False)))
       grid = viz.grid_image(rows, scale=viz.default_scale(c.data.image_size))
-      viz.save_png(grid, str(epath.Path(self.workdir, "recon", f"step_{step:07d}.png")))
+      viz.save_png(grid, fileio.join(self.workdir, "recon", f"step_{step:07d}.png"))
       self.writer.image(step, "reconstructions", grid)
     return {"recon_loss": float(loss)}
 

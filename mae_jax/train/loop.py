@@ -174,6 +174,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
 
     def save(step: int, metrics, best: dict | None) -> None:
       check_finite(step, _host(metrics))
+      writer.flush()  # every row up to a checkpoint is kept (a remote file is rewritten)
       ckpt.save(step, state, config_dict, data_iter, force=True, metrics=best)
       if best:  # name the kept checkpoint of the best evaluation (ties: the earliest)
         ckpt.wait()

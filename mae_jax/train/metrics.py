@@ -2,22 +2,27 @@
 
 Only process 0 writes (``enabled=False`` elsewhere). A resumed run first drops the
 rows of steps past the checkpoint it resumed from (they are computed again), so
-``metrics.jsonl`` holds each step once.
+``metrics.jsonl`` holds each step once. Files go through ``mae_jax.fileio``: on a
+``gs://`` workdir ``metrics.jsonl`` is rewritten every ``REMOTE_FLUSH_SECONDS`` and
+before each checkpoint (``flush``), so every row up to a saved step survives a crash.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
 import numpy as np
 
+from mae_jax import fileio
+
+REMOTE_FLUSH_SECONDS = 30.0
+
 
 def _rows_up_to(path: str, step: int) -> list[str]:
   kept = []
-  with open(path) as f:
+  with fileio.open(path) as f:
     for line in f:
       try:
         if json.loads(line)["step"] <= step:
@@ -33,19 +38,18 @@ class MetricWriter:
     self._tb = None
     self._workdir = workdir
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
-      if resume_step is not None and os.path.exists(path):
-        kept = _rows_up_to(path, resume_step)
-        with open(path + ".tmp", "w") as f:
-          f.writelines(kept)
-        os.replace(path + ".tmp", path)
-      self._jsonl = open(path, "a", buffering=1)
+      path = fileio.join(workdir, "metrics.jsonl")
+      kept = None
+      if resume_step is not None and fileio.exists(path):
+        kept = "".join(_rows_up_to(path, resume_step)).encode("utf-8")
+      self._jsonl = fileio.GrowingFile(path, initial=kept)
+      self._flushed = time.monotonic()
 
   def _tensorboard(self):
     if self._tb is None:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(self._workdir, "tensorboard"))
+      fileio.register_tensorboard()
+      self._tb = SummaryWriter(fileio.join(self._workdir, "tensorboard"))
     return self._tb
 
   def scalars(self, step: int, metrics: dict) -> None:
@@ -53,7 +57,9 @@ class MetricWriter:
       return
     row = {"step": int(step)}
     row.update({k: float(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.write((json.dumps(row) + "\n").encode("utf-8"))
+    if not self._jsonl.remote or time.monotonic() - self._flushed > REMOTE_FLUSH_SECONDS:
+      self.flush()
     tb = self._tensorboard()
     for k, v in metrics.items():
       tb.add_scalar(k, float(v), int(step))
@@ -62,6 +68,12 @@ class MetricWriter:
     """``image``: uint8 [H, W, C]."""
     if self.enabled:
       self._tensorboard().add_image(tag, image, int(step), dataformats="HWC")
+
+  def flush(self) -> None:
+    """Makes every row written so far durable (a remote file is rewritten)."""
+    if self.enabled:
+      self._jsonl.flush()
+      self._flushed = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
@@ -116,7 +128,7 @@ class ProfileWindow:
     start = int(profile_config.start_step) if profile_config else 0
     self.start = start if enabled and start > 0 else 0
     self.stop_at = self.start + max(1, int(profile_config.num_steps)) if self.start else 0
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = fileio.join(workdir, "profile")
     self.active = False
 
   def before_step(self, step: int) -> None:

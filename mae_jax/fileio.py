@@ -1,0 +1,191 @@
+"""The one file layer: every file the project reads or writes goes through here.
+
+A local path and a cloud URL (``gs://bucket/...``) behave the same: workdirs,
+``config.json``, ``metrics.jsonl``, ``eval.json``, TensorBoard events,
+reconstruction PNGs, export/import files, analysis reports, ``init_from`` and
+``mae_jax.load``. Paths are ``etils.epath`` paths, the layer Orbax uses for its
+checkpoint directories (Orbax writes the arrays themselves with TensorStore).
+
+``gs://`` goes through fsspec's ``gcsfs`` for every component, Orbax included:
+``EPATH_USE_TF`` defaults to ``false`` here, since etils otherwise picks
+``tf.io.gfile`` whenever TensorFlow is installed, and that client cannot be pointed
+at a storage emulator (``STORAGE_EMULATOR_HOST``), so the code path the tests run
+would not be the one a pod runs. ``import mae_jax`` makes this choice; etils keeps
+the first choice it sees, so a program that touches an ``epath`` path before
+importing ``mae_jax`` keeps TensorFlow's client (which works on real GCS too). Set
+``EPATH_USE_TF=true`` to choose TensorFlow's client deliberately.
+
+Object stores have no append and no rename of a whole folder: writers of growing
+files (``metrics.jsonl``, TensorBoard events) keep the file's bytes and rewrite the
+object whenever they flush (TensorFlow's own GCS writer does the same).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+from typing import Any
+
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+from etils import epath  # noqa: E402  (after the backend choice above)
+
+logging.getLogger("fsspec").setLevel(logging.WARNING)  # one INFO line per file opened
+
+PathLike = str | os.PathLike
+
+
+def is_remote(path: PathLike) -> bool:
+  """Whether ``path`` is a URL (``gs://...``) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
+def path(p: PathLike) -> epath.Path:
+  """``p`` as an ``epath.Path`` (pathlib's API for local paths and URLs alike)."""
+  return epath.Path(os.fspath(p))
+
+
+def absolute(p: PathLike) -> epath.Path:
+  """``path(p)``, made absolute when local (Orbax needs absolute directories)."""
+  p = os.fspath(p)
+  return epath.Path(p if is_remote(p) else os.path.abspath(p))
+
+
+def join(*parts: PathLike) -> str:
+  """``os.path.join`` that keeps ``gs://`` URLs intact."""
+  return posixpath.join(*map(os.fspath, parts)) if is_remote(parts[0]) else os.path.join(
+      *parts)
+
+
+def dirname(p: PathLike) -> str:
+  return os.path.dirname(os.fspath(p))
+
+
+def exists(p: PathLike) -> bool:
+  return path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+  return path(p).is_dir()
+
+
+def isfile(p: PathLike) -> bool:
+  return path(p).is_file()
+
+
+def same(a: PathLike, b: PathLike) -> bool:
+  return path(a) == path(b)
+
+
+def makedirs(p: PathLike) -> None:
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def glob(p: PathLike, pattern: str) -> list[str]:
+  return sorted(str(x) for x in path(p).glob(pattern))
+
+
+def remove(p: PathLike) -> None:
+  path(p).unlink(missing_ok=True)
+
+
+def open(p: PathLike, mode: str = "r"):  # noqa: A001  (the module's open)
+  """A file object; writing creates the parent folders first."""
+  target = path(p)
+  if mode[0] in "wa":
+    target.parent.mkdir(parents=True, exist_ok=True)
+  return target.open(mode)
+
+
+def read_bytes(p: PathLike) -> bytes:
+  return path(p).read_bytes()
+
+
+def read_text(p: PathLike) -> str:
+  return path(p).read_text()
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  """Writes ``data`` (creating the parent folders): complete or not at all (an object
+  store publishes an object on close; a local file is written aside and renamed)."""
+  if is_remote(p):
+    with open(p, "wb") as f:
+      f.write(data)
+    return
+  tmp = f"{os.fspath(p)}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, p)
+
+
+def write_text(p: PathLike, text: str) -> None:
+  write_bytes(p, text.encode("utf-8"))
+
+
+def write_json(p: PathLike, obj: Any, **dump_kwargs) -> None:
+  write_text(p, json.dumps(obj, **dump_kwargs) + "\n")
+
+
+class GrowingFile:
+  """A text or byte file that only grows, written locally by append and remotely by
+  rewriting the object on ``flush`` (object stores cannot append).
+
+  ``initial``: the file's content to start from (e.g. the rows a resumed run
+  keeps); ``None`` appends to what is there.
+  """
+
+  def __init__(self, p: PathLike, initial: bytes | None = None):
+    self.path = os.fspath(p)
+    self.remote = is_remote(p)
+    if self.remote:
+      self._buffer = io.BytesIO()
+      if initial is None and exists(p):
+        initial = read_bytes(p)
+      self._buffer.write(initial or b"")
+      self._dirty = True
+      self.flush()
+    else:
+      if initial is not None:
+        write_bytes(p, initial)
+      else:
+        makedirs(dirname(self.path) or ".")
+      self._file = open(p, "ab")
+
+  def write(self, data: bytes) -> None:
+    if self.remote:
+      self._buffer.write(data)
+      self._dirty = True
+    else:
+      self._file.write(data)
+
+  def flush(self) -> None:
+    if self.remote:
+      if self._dirty:
+        write_bytes(self.path, self._buffer.getvalue())
+        self._dirty = False
+    else:
+      self._file.flush()
+
+  def close(self) -> None:
+    self.flush()
+    if not self.remote:
+      self._file.close()
+
+
+class _EventFileFactory:
+  """tensorboardX's writer factory for URL prefixes: event files through this layer."""
+
+  def open(self, p: str) -> GrowingFile:
+    return GrowingFile(p, initial=b"")
+
+  def directory_check(self, p: str) -> None:
+    makedirs(p)
+
+
+def register_tensorboard(scheme: str = "gs") -> None:
+  """Makes tensorboardX write ``scheme://`` event files through this layer (its own
+  ``gs`` writer needs google-cloud-storage and a separate client configuration)."""
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory(scheme, _EventFileFactory())
