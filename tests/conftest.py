@@ -48,6 +48,17 @@ def tiny_classifier(name: str, steps: int = 4, batch: int = 32, init_from: str =
   return config
 
 
+def synthetic_jpeg_tfds(root: str, num_images: int = 12, shape=(48, 64)):
+  """``benchmarks/input_pipeline.py`` (the module) after it wrote a TFDS ArrayRecord
+  dataset of synthetic JPEGs under ``root/tfds``."""
+  spec = importlib.util.spec_from_file_location(
+      "bench_input_pipeline", os.path.join(REPO, "benchmarks", "input_pipeline.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.write_dataset(root, num_images, shape=shape)
+  return bench
+
+
 TINY_FLAGS = [
     "--config.model.embed_dim=32", "--config.model.depth=1", "--config.model.num_heads=2",
     "--config.model.decoder_embed_dim=32", "--config.model.decoder_depth=1",

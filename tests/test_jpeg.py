@@ -1,6 +1,5 @@
 """Lazy JPEG decoding: same boxes and pixels as decoding first, reduced decodes only
 where the crop allows, and the TFDS source + grain pipeline using it."""
-import importlib.util
 import io
 import os
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import synthetic_jpeg_tfds
 from mae_jax.data import augment, jpeg
 from mae_jax.errors import DataError
 
@@ -97,13 +96,8 @@ def test_corrupt_bytes_name_the_record():
 @pytest.fixture(scope="module")
 def jpeg_tfds(tmp_path_factory):
   pytest.importorskip("tensorflow_datasets")
-  spec = importlib.util.spec_from_file_location(
-      "bench_input_pipeline", os.path.join(REPO, "benchmarks", "input_pipeline.py"))
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
   root = str(tmp_path_factory.mktemp("jpeg_tfds"))
-  bench.write_dataset(root, 12, shape=(48, 64))
-  return bench, root
+  return synthetic_jpeg_tfds(root), root
 
 
 def test_tfds_source_hands_over_jpeg_bytes(jpeg_tfds):

@@ -17,8 +17,8 @@ import os
 import struct
 
 import numpy as np
-from etils import epath
 
+from mae_jax import fileio
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 # The Debian package `dataset-fashion-mnist` installs the IDX files here.
@@ -50,10 +50,10 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file (optionally gzipped); a clear error for truncated data."""
-  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
-      data = f.read()
+    data = fileio.read_bytes(path)
+    if path.endswith(".gz"):
+      data = gzip.decompress(data)
   except (OSError, EOFError) as e:
     raise DataError(f"cannot read IDX file {path}: {e}. Reinstall the dataset "
                     "(apt-get install --reinstall dataset-fashion-mnist).") from None
@@ -99,10 +99,10 @@ class ArraySource:
 
 def _find(idx_dir: str, stem: str) -> str:
   for name in (stem + ".gz", stem):
-    path = os.path.join(idx_dir, name)
-    if os.path.exists(path):
+    path = fileio.join(idx_dir, name)
+    if fileio.exists(path):
       return path
-  raise FileNotFoundError(os.path.join(idx_dir, stem))
+  raise FileNotFoundError(fileio.join(idx_dir, stem))
 
 
 def fashion_mnist_idx(idx_dir: str, split: str) -> ArraySource:
@@ -173,7 +173,7 @@ def _image_mode(channels: int) -> str:
 
 
 def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
-  """The image file at ``path`` (local or any path etils.epath opens, e.g. ``gs://``)
+  """The image file at ``path`` (local or ``gs://``, through ``mae_jax.fileio``)
   as uint8 ``[H, W, channels]``: grey, palette, RGBA and CMYK images are converted
   (PIL ``convert``, as torchvision's ``pil_loader`` does for RGB). With ``lazy_jpeg``
   a JPEG stays encoded (``jpeg.JpegImage``; its crop decodes only what it needs).
@@ -183,7 +183,7 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   from mae_jax.data import jpeg
   mode = _image_mode(channels)
   try:
-    data = epath.Path(path).read_bytes()
+    data = fileio.read_bytes(path)
   except OSError as e:
     reason = e.strerror or str(e)
     raise CorruptImageError(f"{path} cannot be read ({reason}). {jpeg.SKIP_HINT}",
@@ -201,7 +201,7 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
 
 def find_classes(directory) -> list[str]:
   """Sorted names of the sub-folders of ``directory`` (torchvision's ``find_classes``)."""
-  return sorted(p.name for p in epath.Path(directory).iterdir() if p.is_dir())
+  return sorted(p.name for p in fileio.path(directory).iterdir() if p.is_dir())
 
 
 @functools.lru_cache(maxsize=8)
@@ -216,7 +216,7 @@ def scan_image_folder(directory: str) -> tuple[tuple[str, ...], dict]:
   files = {}
   for name in classes:
     walked = sorted((str(root), filenames)
-                    for root, _, filenames in (epath.Path(directory) / name).walk())
+                    for root, _, filenames in (fileio.path(directory) / name).walk())
     files[name] = tuple(os.path.join(root, f) for root, filenames in walked
                         for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS))
   return tuple(classes), files
@@ -236,7 +236,7 @@ class FolderSource:
 
   def __init__(self, root: str, split: str, channels: int = 3,
                classes_split: str | None = None):
-    directory = epath.Path(root) / split
+    directory = fileio.path(root) / split
     if not directory.is_dir():
       raise DataError(f"{directory} is not a folder: data.source=folder reads "
                       f"DATA_DIR/<split>/<class>/<image> (here split {split!r}; set "
@@ -262,7 +262,7 @@ class FolderSource:
   def _label_classes(self, root, split, classes_split, own_classes):
     if not classes_split or classes_split == split:
       return own_classes
-    reference = epath.Path(root) / classes_split
+    reference = fileio.path(root) / classes_split
     if not reference.is_dir():
       logging.warning("%s is missing: labels of %s follow its own class folders",
                       reference, self.name)

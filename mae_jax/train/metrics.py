@@ -5,6 +5,9 @@ rows of steps past the checkpoint it resumed from (they are computed again), so
 ``metrics.jsonl`` holds each step once. Files go through ``mae_jax.fileio``: on a
 ``gs://`` workdir ``metrics.jsonl`` is rewritten every ``REMOTE_FLUSH_SECONDS`` and
 before each checkpoint (``flush``), so every row up to a saved step survives a crash.
+TensorBoard events are flushed (a remote file rewritten) as often, by tensorboardX's
+writer thread; a killed run may lose the last ``REMOTE_FLUSH_SECONDS`` of them, as on
+a local disk.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class MetricWriter:
     if self._tb is None:
       from tensorboardX import SummaryWriter
       fileio.register_tensorboard()
-      self._tb = SummaryWriter(fileio.join(self._workdir, "tensorboard"))
+      self._tb = SummaryWriter(fileio.join(self._workdir, "tensorboard"),
+                               flush_secs=REMOTE_FLUSH_SECONDS)
     return self._tb
 
   def scalars(self, step: int, metrics: dict) -> None:
@@ -70,10 +74,13 @@ class MetricWriter:
       self._tensorboard().add_image(tag, image, int(step), dataformats="HWC")
 
   def flush(self) -> None:
-    """Makes every row written so far durable (a remote file is rewritten)."""
+    """Makes every row written so far durable (a remote file is rewritten), and the
+    TensorBoard events its writer thread has taken so far."""
     if self.enabled:
       self._jsonl.flush()
       self._flushed = time.monotonic()
+      if self._tb is not None:
+        self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
