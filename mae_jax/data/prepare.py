@@ -9,8 +9,8 @@ ArrayRecord, the one the input pipeline (``tfds.data_source`` + grain) reads.
 from __future__ import annotations
 
 import logging
-import os
 
+from mae_jax import fileio
 from mae_jax.errors import DataError
 
 FILE_FORMATS = ("array_record", "tfrecord")
@@ -51,7 +51,7 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
   if instructions and not manual_dir:
     raise DataError(f"{name} is a manual download: give --manual_dir, the directory "
                     f"holding the archives ({_one_line(instructions)})")
-  if manual_dir and not os.path.isdir(manual_dir) and "://" not in manual_dir:
+  if manual_dir and not fileio.isdir(manual_dir):
     raise DataError(f"--manual_dir={manual_dir} is not a directory.")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   logging.info("preparing %s in %s (%s) from %s", name, data_dir, file_format,
