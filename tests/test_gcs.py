@@ -22,7 +22,7 @@ CONSTANT_LR = ["--config.optim.warmup_steps=0", "--config.optim.base_lr=0.000976
                "--config.optim.min_lr=0.0001220703125"]          # 2**-10 * 32 / 256
 TIMEOUT = 900  # seconds for one command (about 30 on an idle 2-core machine)
 PRETRAIN = ["pretrain", "--config=configs/pretrain_fmnist.py", *TINY_FLAGS, *CONSTANT_LR,
-            "--config.checkpoint.every_steps=4"]
+            "--config.checkpoint.every_steps=4", "--config.monitor.every_steps=0"]
 
 
 def cli(*args):
