@@ -112,11 +112,14 @@ def _assert_one_line_error(proc, pattern):
     ("--config.data.image_size=30", "not divisible by patch_size 7"),
     ("--config.model.mask_ratio=1.0", "mask_ratio"),
     ("--config.model.mask_ratio=0.99", "leaves no visible patch"),
+    ("--config.model.masking=grid --config.model.mask_ratio=0.5",
+     "model.masking='grid' keeps one patch of every 2x2"),
     ("--config.model.name=X", None),  # name alone is a label, not a variant: must run
 ])
 def test_bad_config_values(tmp_path, fmnist_available, flag, pattern):
   proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py",
-                 f"--workdir={tmp_path}/w", *TINY_FLAGS, "--config.num_train_steps=1", flag)
+                 f"--workdir={tmp_path}/w", *TINY_FLAGS, "--config.num_train_steps=1",
+                 *flag.split())
   if pattern is None:
     assert proc.returncode == 0, proc.stderr
   else:

@@ -80,7 +80,7 @@ class MaskedAutoencoder(nn.Module):
   attention: str = "xla"
   remat: str = "none"
   tubelet_size: int = 0
-  masking: str = "random"
+  masking: str = "random"   # model.masking: random, block, grid, tube (models/masking.py)
   use_cls_token: bool = True
   pos_table: str = "sincos"
   decoder_embed_bias: bool = True
@@ -143,14 +143,10 @@ class MaskedAutoencoder(nn.Module):
     if ratio == 0.0 and noise is None:
       mask = jnp.zeros((b, length), jnp.float32)
       ids_restore = jnp.broadcast_to(jnp.arange(length), (b, length))
-    elif self.masking == "tube":
-      if noise is None:
-        noise = masking.tube_noise(self.make_rng("masking"), b, grid)
-      x, mask, ids_restore = masking.random_masking(
-          x, ratio, noise=noise, keep=masking.tube_visible(grid, ratio))
     else:
       rng = None if noise is not None else self.make_rng("masking")
-      x, mask, ids_restore = masking.random_masking(x, ratio, rng=rng, noise=noise)
+      x, mask, ids_restore = masking.random_masking(x, ratio, rng=rng, noise=noise,
+                                                    strategy=self.masking, grid=grid)
     if self.use_cls_token:
       cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
@@ -180,8 +176,9 @@ class MaskedAutoencoder(nn.Module):
                noise: jax.Array | None = None):
     """``(loss, pred [B, L, p*p*C], mask [B, L] with 1 = removed)``.
 
-    Masks with the ``"masking"`` RNG stream, or ranks patches by ``noise`` exactly
-    as the official code ranks ``torch.rand`` noise. ``train`` is accepted for API
+    Masks with the ``"masking"`` RNG stream (``masking`` draws the pattern), or ranks
+    patches by ``noise`` exactly as the official code ranks ``torch.rand`` noise,
+    whatever the strategy. ``train`` is accepted for API
     parity; MAE pretraining has no dropout.
     """
     del train

@@ -6,7 +6,6 @@ decoder (512 wide, 8 blocks, 16 heads). ``tiny`` is for CPU runs and tests.
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from mae_jax.errors import ConfigError
 
@@ -78,13 +77,7 @@ def patch_grid(config) -> tuple[int, ...]:
 
 
 def _check_video_options(m, grid) -> None:
-  from mae_jax.models import masking
   from mae_jax.models.pos_embed import TABLES
-  strategy = m.get("masking", "random")
-  if strategy == "tube":
-    if len(grid) != 3:
-      raise ConfigError("model.masking=tube needs a video model (model.tubelet_size > 0).")
-    masking.tube_visible(grid, m.mask_ratio)
   if m.get("pos_table", "sincos") not in TABLES:
     raise ConfigError(f"model.pos_table={m.pos_table!r} is unknown; choose one of "
                       f"{', '.join(TABLES)}.")
@@ -101,7 +94,8 @@ def build_mae(config):
   from mae_jax.models import masking
   m = config.model
   grid = patch_grid(config)
-  masking.num_visible(int(np.prod(grid)), m.mask_ratio)
+  # workdirs written before model.masking existed masked at random
+  masking.check_strategy(m.get("masking", "random"), m.mask_ratio, grid)
   if m.mask_ratio == 0.0:
     raise ConfigError("model.mask_ratio must be in (0, 1) for pretraining; MAE uses 0.75.")
   _check_video_options(m, grid)
