@@ -138,3 +138,38 @@ def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog)
   assert report["verdict"]["verdict"] in text and "| seed 0 | seed 1 |" in text
   trends.main(["--mae_vs_scratch", "--render_only", f"--out={tmp_path / 'out'}"])
   assert (tmp_path / "out" / "mae_vs_scratch.md").read_text() == text
+
+
+def test_paper_trends_sampling_sweep_report(tmp_path):
+  """The sampling sweep (Table 1(f)) is read from results and compared with the paper;
+  a report written before ``model.masking`` existed still renders."""
+  trends = _load("paper_trends")
+  mode = trends.MODES["quick"]
+  base = trends.baseline(mode)
+  assert [p for p in trends.points(mode, ["sampling"])] == [
+      base, dict(base, masking="block", mask_ratio=0.5),
+      dict(base, masking="block", mask_ratio=0.75), dict(base, masking="grid")]
+  top1 = {("random", 0.75): 0.70, ("block", 0.5): 0.695, ("block", 0.75): 0.60,
+          ("grid", 0.75): 0.66}
+  results = [dict(p, pretrain_loss=0.5, linprobe_top1=top1[(p["masking"], p["mask_ratio"])],
+                  finetune_top1=0.6, seconds=dict(pretrain=60, linprobe=30, finetune=30),
+                  date="2026-01-02") for p in trends.points(mode, ["sampling"])]
+  report = dict(mode="quick", mode_settings=mode, hardware="a CPU", date="2026-01-02",
+                total_minutes=8.0, results=results)
+  trends.write_report(report, str(tmp_path))
+  v = report["verdicts"]
+  assert v["sampling_block_75_linprobe_minus_random"] == -10.0
+  assert v["sampling_block_75_linprobe_paper_minus_random"] == -9.6
+  assert v["sampling_block_50_linprobe"] == "no clear difference"
+  assert v["sampling_grid_75_linprobe"] == "worse" and v["sampling_linprobe_reproduced"]
+  md = (tmp_path / "paper_trends.md").read_text()
+  assert "| grid | 0.75 | 0.500 | 66.0 | 60.0 | 66.0 | 84.0 |" in md
+  assert "## (a)" not in md and "Mask sampling: reproduced" in md
+  results[2]["linprobe_top1"] = 0.69          # block 75% within noise of random
+  trends.write_report(report, str(tmp_path))
+  assert not report["verdicts"]["sampling_linprobe_reproduced"]
+  # the committed report (which may predate the sampling sweep) renders again
+  with open(os.path.join(BENCH, "results", "paper_trends.json")) as f:
+    old = trends.normalize(json.load(f))
+  trends.write_report(old, str(tmp_path / "old"))
+  assert "## (c) Norm-pix loss" in (tmp_path / "old" / "paper_trends.md").read_text()
