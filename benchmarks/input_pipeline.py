@@ -1,31 +1,38 @@
 """Images/s per CPU core of ImageNet-style pretraining input: JPEG decode +
-RandomResizedCrop(224, scale 0.2-1, bicubic) + horizontal flip + normalise + batch.
+RandomResizedCrop(224, scale 0.2-1, bicubic) + horizontal flip + batch.
 
 Writes synthetic ImageNet-like JPEGs (~500x375, ~76 KB, photo-like spectra) both as
 a folder of files and as a small TFDS dataset in ArrayRecord format, then runs each
 pipeline in its own process pinned to one core (``os.sched_setaffinity``):
 
-  pil_numpy      the official PyTorch loader's work in PIL + NumPy: PIL decode of the
-                 whole image, torchvision's RRC box sampling, bicubic resize, flip,
+  torchvision    the official loader (``pil_loader`` + RandomResizedCrop(224, bicubic) +
+                 RandomHorizontalFlip + ToTensor + stack), if installed: the reference.
+                 Normalize is left out (the trainer normalises on the device), which
+                 makes this reference faster and every ratio against it smaller
+  pil_numpy      the same work in PIL + NumPy: PIL decode of the whole image,
+                 torchvision's RRC box sampling, crop + bicubic resize, flip,
                  normalise, stack
-  torchvision    the official loader itself (``pil_loader`` + RandomResizedCrop +
-                 RandomHorizontalFlip + ToTensor + Normalize + stack), if installed
   grain_full     the trainer's grain pipeline (``mae_jax.data.pipeline``) over the
                  TFDS source with TFDS's own full decode of every JPEG
-  grain          the same pipeline as the trainer runs it now: the source hands over
-                 JPEG bytes and ``mae_jax.data.jpeg`` decodes with PIL draft mode
-                 (reduced-size DCT decode when the crop allows)
+  grain          the same pipeline as the trainer runs it by default
+                 (``data.augment.rrc_backend=pil``): the source hands over JPEG bytes
+                 and ``mae_jax.data.jpeg`` decodes with PIL draft mode (reduced-size
+                 DCT decode when the crop allows)
+  grain_fast     the same with ``rrc_backend=fast``: simplejpeg decode + torch's
+                 uint8 antialiased bicubic resize
   (the grain rows yield uint8 batches, as the trainer ships them: normalisation runs
-  in the jitted step, so they do less host work than rows measured before that)
+  in the jitted step)
   tf_data        tf.data: ``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``
                  + bicubic (antialiased) resize + flip + normalise + batch
   components     CPU ms per image of each piece (header, decode, resize, normalise...)
 
 Each prints one JSON line with ``img_per_s`` (wall clock on its core) and
-``img_per_cpu_s`` (images per CPU-second the process used: the per-core rate with
-the time other processes took from that core left out; on a busy shared machine this
-is the number to compare). The grain rows also check determinism (same seed, same
-batches) and exact resumption (``get_state``/``set_state``).
+``img_per_cpu_s`` (images per CPU-second the process used, ``time.process_time``:
+the per-core rate with the time other processes took from that core left out; on a
+busy shared machine this is the number to compare), and ``vs_torchvision``: its
+``img_per_cpu_s`` over the torchvision row's of the same run and repeat. The grain
+rows also check determinism (same seed, same batches) and exact resumption
+(``get_state``/``set_state``).
 
   python benchmarks/input_pipeline.py --out=benchmarks/results/input_pipeline_cpu_DATE.jsonl
 """
@@ -51,7 +58,8 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DATASET = "mae_synthetic_jpeg"
-PATHS = ("pil_numpy", "torchvision", "grain_full", "grain", "tf_data", "components")
+PATHS = ("torchvision", "pil_numpy", "grain_full", "grain", "grain_fast", "tf_data",
+         "components")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SCALE, RATIO = (0.2, 1.0), (3 / 4, 4 / 3)
@@ -155,8 +163,8 @@ def pil_numpy_batches(root: str, batch: int, seed: int = 0):
         with open(path, "rb") as f:
           image = Image.open(f).convert("RGB")   # full decode
         top, left, h, w = augment.rrc_box(rng, image.height, image.width, SCALE, RATIO)
-        crop = np.asarray(image.resize((224, 224), Image.BICUBIC,
-                                       box=(left, top, left + w, top + h)))
+        crop = np.asarray(image.crop((left, top, left + w, top + h))
+                          .resize((224, 224), Image.BICUBIC))
         if rng.random() < 0.5:
           crop = crop[:, ::-1]
         out.append((crop.astype(np.float32) - mean) / std)
@@ -172,8 +180,7 @@ def torchvision_batches(root: str, batch: int, seed: int = 0):
   transform = transforms.Compose([
       transforms.RandomResizedCrop(224, scale=SCALE, ratio=RATIO,
                                    interpolation=transforms.InterpolationMode.BICUBIC),
-      transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-      transforms.Normalize(MEAN, STD)])
+      transforms.RandomHorizontalFlip(), transforms.ToTensor()])
   files = _files(root)
   while True:
     order = torch.randperm(len(files)).tolist()
@@ -189,35 +196,42 @@ class _Config(dict):
   __getattr__ = dict.__getitem__
 
 
-def grain_config(root: str) -> _Config:
+def grain_config(root: str, rrc_backend: str = "pil") -> _Config:
   return _Config(name=DATASET, source="tfds", data_dir=os.path.join(root, "tfds"),
                  idx_dir="", download=False, split="train", image_size=224, channels=3,
                  mean=(), std=(), num_threads=0,
-                 augment=_Config(rrc_scale=SCALE, rrc_ratio=RATIO, hflip=True))
+                 augment=_Config(rrc_scale=SCALE, rrc_ratio=RATIO, hflip=True,
+                                 rrc_backend=rrc_backend))
 
 
-def grain_iterator(root: str, batch: int, seed: int = 0, lazy_jpeg: bool = True):
+# path -> (JPEG bytes to the augmentation, data.augment.rrc_backend)
+GRAIN_PATHS = {"grain_full": (False, "pil"), "grain": (True, "pil"),
+               "grain_fast": (True, "fast")}
+
+
+def grain_iterator(root: str, batch: int, seed: int = 0, path: str = "grain"):
   """The trainer's iterator (``pipeline.train_iterator``) over the TFDS dataset."""
   from mae_jax.data import pipeline, sources
+  lazy_jpeg, backend = GRAIN_PATHS[path]
   sources.TfdsSource.decode_jpeg_lazily = lazy_jpeg
-  return pipeline.train_iterator(grain_config(root), global_batch=batch, seed=seed)
+  return pipeline.train_iterator(grain_config(root, backend), global_batch=batch, seed=seed)
 
 
-def grain_batches(root: str, batch: int, lazy_jpeg: bool):
-  it = grain_iterator(root, batch, lazy_jpeg=lazy_jpeg)
+def grain_batches(root: str, batch: int, path: str):
+  it = grain_iterator(root, batch, path=path)
   while True:
     yield next(it)["image"]
 
 
-def grain_checks(root: str, lazy_jpeg: bool) -> dict:
+def grain_checks(root: str, path: str) -> dict:
   """Same seed -> same batches; a restored iterator continues exactly."""
-  a = grain_iterator(root, 4, seed=5, lazy_jpeg=lazy_jpeg)
+  a = grain_iterator(root, 4, seed=5, path=path)
   first = next(a)["image"]
   state = a.get_state()
   second = next(a)["image"]
-  b = grain_iterator(root, 4, seed=5, lazy_jpeg=lazy_jpeg)
+  b = grain_iterator(root, 4, seed=5, path=path)
   deterministic = bool(np.array_equal(next(b)["image"], first))
-  c = grain_iterator(root, 4, seed=5, lazy_jpeg=lazy_jpeg)
+  c = grain_iterator(root, 4, seed=5, path=path)
   c.set_state(state)
   resumable = bool(np.array_equal(next(c)["image"], second))
   return {"deterministic": deterministic, "resumable": resumable}
@@ -270,7 +284,7 @@ def components(root: str, n: int = 128) -> dict:
 
   def resize(i):
     top, left, h, w = boxes[i]
-    decoded[i].resize((224, 224), Image.BICUBIC, box=(left, top, left + w, top + h))
+    decoded[i].crop((left, top, left + w, top + h)).resize((224, 224), Image.BICUBIC)
 
   ops = {
       "jpeg_header": lambda i: Image.open(io.BytesIO(datas[i])).size,
@@ -279,6 +293,14 @@ def components(root: str, n: int = 128) -> dict:
       "jpeg_py_decode_crop_resize": lambda i: jpeg.random_resized_crop(datas[i], rng, 224),
       "normalize_float32": lambda i: augment.normalize(crop[:, ::-1], MEAN, STD),
   }
+  if _available("grain_fast"):
+    ops.update({
+        "simplejpeg_full_decode": lambda i: jpeg.turbo_decode(datas[i]),
+        "torch_bicubic_crop_resize_224": lambda i: augment.resize_crop(
+            arrays[i], boxes[i], 224, "fast"),
+        "jpeg_py_fast_decode_crop_resize": lambda i: jpeg.random_resized_crop(
+            datas[i], rng, 224, backend="fast"),
+    })
   try:
     import tensorflow as tf
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -304,10 +326,8 @@ def make_batches(path: str, root: str, batch: int):
     return pil_numpy_batches(root, batch)
   if path == "torchvision":
     return torchvision_batches(root, batch)
-  if path == "grain_full":
-    return grain_batches(root, batch, lazy_jpeg=False)
-  if path == "grain":
-    return grain_batches(root, batch, lazy_jpeg=True)
+  if path in GRAIN_PATHS:
+    return grain_batches(root, batch, path)
   if path == "tf_data":
     return tf_data_batches(root, batch)
   raise ValueError(f"unknown path {path!r}; choose from {', '.join(PATHS)}")
@@ -333,7 +353,7 @@ def measure(path: str, root: str, batch: int, num_batches: int, core: int) -> di
          "images": images, "batch": batch, "batch_shape": shape, "batch_dtype": dtype,
          "core": core, "wall_s": wall, "cpu_s": cpu}
   if path.startswith("grain"):
-    row.update(grain_checks(root, lazy_jpeg=path == "grain"))
+    row.update(grain_checks(root, path))
   return row
 
 
@@ -341,7 +361,8 @@ def _available(path: str) -> bool:
   import importlib.util
   needs = {"torchvision": ("torch", "torchvision"), "tf_data": ("tensorflow",),
            "grain": ("grain", "tensorflow_datasets"),
-           "grain_full": ("grain", "tensorflow_datasets")}.get(path, ())
+           "grain_full": ("grain", "tensorflow_datasets"),
+           "grain_fast": ("grain", "tensorflow_datasets", "simplejpeg", "torch")}.get(path, ())
   return all(importlib.util.find_spec(m) is not None for m in needs)
 
 
@@ -388,6 +409,7 @@ def main(argv=None) -> list[dict]:
               "label": args.label or None}
     rows = []
     for _ in range(args.repeats):
+      reference = None  # this repeat's torchvision row
       for path in args.paths.split(","):
         if not _available(path):
           print(f"skipping {path}: not installed", file=sys.stderr)
@@ -400,6 +422,10 @@ def main(argv=None) -> list[dict]:
           raise RuntimeError(f"{path} failed:\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row.update(common, load_avg_1m=os.getloadavg()[0])
+        if path == "torchvision":
+          reference = row
+        if reference is not None and "img_per_cpu_s" in row:
+          row["vs_torchvision"] = row["img_per_cpu_s"] / reference["img_per_cpu_s"]
         rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)

@@ -106,7 +106,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
       split="train", eval_split="validation", image_size=224, channels=3,
       mean=(), std=(), num_threads=8, skip_corrupt=False,
       augment=dict(rrc_scale=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3),
-                   rrc_sampler="torchvision", hflip=True)))
+                   rrc_sampler="torchvision", rrc_backend="pil", hflip=True)))
   c.batch_size = 4096
   c.num_train_steps = 0        # > 0 wins over num_epochs
   c.num_epochs = 800
@@ -147,7 +147,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
       split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),
       num_threads=8, eval_crop_pct=0.875, eval_max_examples=0, skip_corrupt=False,
       augment=dict(rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
-                   rrc_sampler="torchvision", hflip=True,
+                   rrc_sampler="torchvision", rrc_backend="pil", hflip=True,
                    rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel",
                    mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
                    label_smoothing=0.1)))
@@ -176,7 +176,8 @@ def linprobe_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   # the official probe's crop: util/crop.RandomResizedCrop (one draw, clamped)
   c.data.augment = ml_collections.ConfigDict(dict(rrc_scale=(0.08, 1.0),
                                                   rrc_ratio=(3 / 4, 4 / 3),
-                                                  rrc_sampler="clamped", hflip=True))
+                                                  rrc_sampler="clamped", rrc_backend="pil",
+                                                  hflip=True))
   c.batch_size = 16384
   c.num_epochs = 90
   c.optim = ml_collections.ConfigDict(dict(

@@ -207,7 +207,8 @@ def test_probe_crop_is_the_official_single_draw_clamped_crop():
   rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
   top, left, h, w = augment.clamped_rrc_box(rng_a, 40, 30)
   from PIL import Image
-  want = np.asarray(Image.fromarray(image).resize((16, 16), Image.BICUBIC,
-                                                  box=(left, top, left + w, top + h)))
+  # torchvision's resized_crop, as the official crop calls it: crop, then resize
+  want = np.asarray(Image.fromarray(image).crop((left, top, left + w, top + h))
+                    .resize((16, 16), Image.BICUBIC))
   np.testing.assert_array_equal(
       augment.random_resized_crop(image, rng_b, 16, (0.08, 1.0), sampler="clamped"), want)

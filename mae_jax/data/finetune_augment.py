@@ -318,12 +318,9 @@ def mixup_cutmix(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
 # ------------------------------------------------------------------ pipelines
 
 
-def _finetune_transform(record: dict, rng: np.random.Generator, *, size, scale, ratio,
-                        sampler, hflip, channels, rand_aug, fill, reprob) -> dict:
-  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio, sampler)
-  if hflip and rng.random() < 0.5:
-    image = image[:, ::-1]
-  image = augment.match_channels(np.ascontiguousarray(image), channels)
+def _finetune_transform(record: dict, rng: np.random.Generator, *, size, channels, hflip,
+                        rand_aug, fill, reprob, **rrc) -> dict:
+  image = augment.crop_flip(record["image"], rng, size, channels, hflip, **rrc)
   if rand_aug is not None:
     image = rand_augment(image, rng, rand_aug, fill)
   return {"image": image, "label": np.int32(record["label"]),
@@ -338,10 +335,8 @@ def train_transform(data_config, mean, std):
   if aug.remode not in ERASE_MODES:
     raise ConfigError(f"data.augment.remode={aug.remode!r} is unknown; choose "
                       f"{', '.join(ERASE_MODES)}.")
-  sampler = aug.get("rrc_sampler", "torchvision")
-  augment.rrc_sampler(sampler)
   return functools.partial(
-      _finetune_transform, size=data_config.image_size, scale=tuple(aug.rrc_scale),
-      ratio=tuple(aug.rrc_ratio), sampler=sampler, hflip=aug.hflip,
-      channels=data_config.channels, rand_aug=parse_rand_augment(aug.rand_augment),
-      fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob))
+      _finetune_transform, size=data_config.image_size, channels=data_config.channels,
+      hflip=aug.hflip, rand_aug=parse_rand_augment(aug.rand_augment),
+      fill=tuple(int(round(m * 255)) for m in mean), reprob=float(aug.reprob),
+      **augment.rrc_options(aug))

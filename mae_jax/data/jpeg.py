@@ -1,18 +1,24 @@
 """JPEG records decoded only as far as the augmentation needs.
 
-A TFDS source with a JPEG-encoded ``image`` feature hands the pipeline a
-``JpegImage`` (the encoded bytes) instead of a decoded array. RandomResizedCrop
-then draws its box from the header's size alone (the same ``rrc_box`` draws, so
-the same boxes as on a decoded array) and decodes with PIL's JPEG *draft* mode:
-when the crop is at least twice the output size in both directions, libjpeg
-scales the DCT by 1/2, 1/4 or 1/8 while decoding, which skips most of the
-inverse-DCT and colour-conversion work; the crop is then resized from the reduced
-image with the same bicubic filter. Smaller crops (most 224 crops of a
-500x375 ImageNet photo) decode at full size, exactly as before. The decoded
-pixels of a reduced decode differ from a full decode followed by the bicubic
+A TFDS or folder source with JPEG images hands the pipeline a ``JpegImage`` (the
+encoded bytes) instead of a decoded array. RandomResizedCrop then draws its box
+from the header's size alone (the same ``rrc_box`` draws, so the same boxes as on a
+decoded array) and decodes with JPEG *draft* mode: when the crop is at least twice
+the output size in both directions, libjpeg scales the DCT by 1/2, 1/4 or 1/8 while
+decoding, which skips most of the inverse-DCT and colour-conversion work; the crop
+is then resized from the reduced image with the same bicubic filter. Smaller crops
+(every 224 crop of a 500x375 ImageNet photo) decode at full size, and then the
+result is torchvision's ``resized_crop`` of the decoded image, pixel for pixel.
+The pixels of a reduced decode differ from a full decode followed by the bicubic
 reduction by a few grey levels (a different but equally antialiased filter).
 
-Anything else (evaluation crops, ``np.asarray``) decodes the full image.
+Two backends (``data.augment.rrc_backend``, see ``mae_jax.data.augment``): ``pil``
+decodes with PIL; ``fast`` decodes full-size crops with simplejpeg (the same
+libjpeg-turbo pixels as PIL, tested) and resizes them with torch's uint8 kernel;
+reduced decodes, and JPEGs that simplejpeg cannot convert to RGB/grey (CMYK, YCCK),
+go through PIL in both.
+
+Anything else (evaluation crops, ``np.asarray``) decodes the full image with PIL.
 """
 from __future__ import annotations
 
@@ -56,15 +62,10 @@ def _open(data: bytes) -> Image.Image:
   return image
 
 
-def _to_array(image: Image.Image) -> np.ndarray:
-  out = np.asarray(image)
-  return out[..., None] if out.ndim == 2 else out
-
-
 def decode(data: bytes, channels: int = 3) -> np.ndarray:
   """The whole image as uint8 ``[H, W, channels]`` (grey/CMYK JPEGs are converted)."""
   image, mode = _open(data), _mode(channels)
-  return _to_array(image if image.mode == mode else image.convert(mode))
+  return augment.pil_to_array(image if image.mode == mode else image.convert(mode))
 
 
 def draft_scale(crop_h: int, crop_w: int, size: int) -> int:
@@ -77,14 +78,34 @@ def draft_scale(crop_h: int, crop_w: int, size: int) -> int:
 
 def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), channels: int = 3,
-                        draft: bool = True, sampler: str = "torchvision") -> np.ndarray:
-  """``augment.random_resized_crop`` of the decoded image, decoding at reduced size
-  (``draft``) when the crop allows. Same RNG draws, same box, bicubic resize."""
+                        draft: bool = True, sampler: str = "torchvision",
+                        backend: str = "pil", hflip: bool = False) -> np.ndarray:
+  """``augment.random_resized_crop`` of the decoded image (and the flip), decoding at
+  reduced size (``draft``) when the crop allows. Same RNG draws, same box, bicubic
+  resize. With ``backend="fast"`` a full-size decode is simplejpeg's and the resize
+  torch's; reduced decodes are PIL's in both backends (simplejpeg's are the same
+  pixels, and PIL resizes at sub-pixel box coordinates)."""
   mode = _mode(channels)
-  image = _open(data)
+  if backend == "fast":
+    (height, width, colorspace), image = turbo_header(data), None
+  else:
+    image, colorspace = _open(data), None
+    width, height = image.size
+  box = augment.rrc_sampler(sampler)(rng, height, width, scale, ratio)
+  flip = augment.flip_draw(rng, hflip)
+  reduction = draft_scale(box[2], box[3], size) if draft else 1
+  if backend == "fast" and reduction == 1:
+    decoded = turbo_decode(data, channels) if colorspace in TURBO_COLORSPACES else None
+    return augment.resize_crop(decode(data, channels) if decoded is None else decoded, box,
+                               size, "fast", flip)
+  return _pil_crop(_open(data) if image is None else image, mode, box, reduction, size, flip)
+
+
+def _pil_crop(image: Image.Image, mode: str, box, reduction: int, size: int,
+              flip: bool) -> np.ndarray:
+  """Decode (at 1/``reduction`` when > 1), crop ``box`` and resize with PIL."""
   width, height = image.size
-  top, left, h, w = augment.rrc_sampler(sampler)(rng, height, width, scale, ratio)
-  reduction = draft_scale(h, w, size) if draft else 1
+  top, left, h, w = box
   if reduction > 1 or mode == "L":
     # draft() picks the largest power of two <= min(W // w', H // h') and says which;
     # mode "L" decodes only the luminance of a colour JPEG.
@@ -93,8 +114,39 @@ def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
     reduction = width / drafted[1][2] if drafted else 1
   if image.mode != mode:  # convert() to the same mode would copy the whole image
     image = image.convert(mode)
+  if reduction == 1:  # torchvision's resized_crop: crop, then resize
+    image = image.crop((left, top, left + w, top + h))
+    return augment.pil_to_array(image.resize((size, size), Image.BICUBIC), flip)
+  # sub-pixel box coordinates in the reduced image
   box = (left / reduction, top / reduction, (left + w) / reduction, (top + h) / reduction)
-  return _to_array(image.resize((size, size), Image.BICUBIC, box=box))
+  return augment.pil_to_array(image.resize((size, size), Image.BICUBIC, box=box), flip)
+
+
+# simplejpeg converts these to RGB or grey as PIL does; others (CMYK, YCCK) go to PIL.
+TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
+
+
+def turbo_header(data: bytes) -> tuple[int, int, str | None]:
+  """``(height, width, colorspace)`` from simplejpeg; PIL's size and ``None`` when
+  simplejpeg cannot read the header (PIL then decides whether, and why, it is no JPEG)."""
+  import simplejpeg  # pylint: disable=import-outside-toplevel
+  try:
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    return height, width, colorspace
+  except ValueError:
+    width, height = _open(data).size
+    return height, width, None
+
+
+def turbo_decode(data: bytes, channels: int = 3) -> np.ndarray | None:
+  """uint8 ``[H, W, channels]`` decoded by simplejpeg (libjpeg-turbo, straight into
+  NumPy): the pixels PIL's decode gives (tested). ``None`` where simplejpeg refuses
+  (libjpeg warnings PIL ignores, corrupt data: PIL then decides)."""
+  import simplejpeg  # pylint: disable=import-outside-toplevel
+  try:
+    return simplejpeg.decode_jpeg(data, colorspace="GRAY" if _mode(channels) == "L" else "RGB")
+  except ValueError:
+    return None
 
 
 class JpegImage:
@@ -135,9 +187,10 @@ class JpegImage:
     return out if dtype is None else out.astype(dtype)
 
   def random_resized_crop(self, rng: np.random.Generator, size: int, scale=(0.2, 1.0),
-                          ratio=(3 / 4, 4 / 3), sampler: str = "torchvision") -> np.ndarray:
+                          ratio=(3 / 4, 4 / 3), sampler: str = "torchvision",
+                          backend: str = "pil", hflip: bool = False) -> np.ndarray:
     return self._decoding(random_resized_crop, rng, size, scale, ratio, self.channels, True,
-                          sampler)
+                          sampler, backend, hflip)
 
   def __repr__(self):
     return f"JpegImage({len(self.data)} bytes, channels={self.channels})"

@@ -123,25 +123,18 @@ class Records:
     raise DataError(f"{self.source.name}: none of its {n} images can be decoded.")
 
 
-def _crop_flip(record: dict, rng: np.random.Generator, *, size, scale, ratio, sampler,
-               hflip, channels) -> dict:
-  image = augment.random_resized_crop(record["image"], rng, size, scale, ratio, sampler)
-  if hflip and rng.random() < 0.5:
-    image = image[..., ::-1, :]  # width: of every frame of a clip
-  image = augment.match_channels(np.ascontiguousarray(image), channels)
+def _crop_flip(record: dict, rng: np.random.Generator, *, size, channels, hflip,
+               **rrc) -> dict:
+  image = augment.crop_flip(record["image"], rng, size, channels, hflip, **rrc)
   return {"image": image, "label": np.int32(record["label"])}
 
 
 def train_transform(data_config, mean, std):
   """RandomResizedCrop + flip (uint8 out): pretraining and the linear probe."""
   del mean, std  # normalised on the device
-  aug = data_config.augment
-  sampler = aug.get("rrc_sampler", "torchvision")
-  augment.rrc_sampler(sampler)  # an unknown name fails here, not in a worker
   return functools.partial(
-      _crop_flip, size=data_config.image_size, scale=tuple(aug.rrc_scale),
-      ratio=tuple(aug.rrc_ratio), sampler=sampler, hflip=aug.hflip,
-      channels=data_config.channels)
+      _crop_flip, size=data_config.image_size, channels=data_config.channels,
+      hflip=data_config.augment.hflip, **augment.rrc_options(data_config.augment))
 
 
 def _eval_transform(record: dict, *, size, channels, crop_pct=0.875) -> dict:
