@@ -25,11 +25,10 @@ WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def metadata(config) -> dict:
+def transformer_config(config) -> dict:
+  """The ``config.json`` keys Hugging Face's ViTMAE and VideoMAE share."""
   m = config.model
   return {
-      "architectures": ["ViTMAEForPreTraining"],
-      "model_type": "vit_mae",
       "hidden_size": int(m.embed_dim),
       "num_hidden_layers": int(m.depth),
       "num_attention_heads": int(m.num_heads),
@@ -47,8 +46,16 @@ def metadata(config) -> dict:
       "decoder_hidden_size": int(m.decoder_embed_dim),
       "decoder_num_hidden_layers": int(m.decoder_depth),
       "decoder_intermediate_size": int(m.decoder_embed_dim * m.mlp_ratio),
-      "mask_ratio": float(m.mask_ratio),
       "norm_pix_loss": bool(m.norm_pix_loss),
+  }
+
+
+def metadata(config) -> dict:
+  return {
+      "architectures": ["ViTMAEForPreTraining"],
+      "model_type": "vit_mae",
+      **transformer_config(config),
+      "mask_ratio": float(config.model.mask_ratio),
       "preprocessor": preprocessor(config),
   }
 

@@ -43,29 +43,11 @@ def check_expressible(config) -> None:
 
 
 def metadata(config) -> dict:
-  m = config.model
   return {
       "architectures": ["VideoMAEForPreTraining"],
       "model_type": "videomae",
-      "image_size": int(config.data.image_size),
-      "patch_size": int(m.patch_size),
-      "num_channels": int(config.data.channels),
+      **hf.transformer_config(config),
       "num_frames": int(config.data.video.num_frames),
-      "tubelet_size": int(m.tubelet_size),
-      "hidden_size": int(m.embed_dim),
-      "num_hidden_layers": int(m.depth),
-      "num_attention_heads": int(m.num_heads),
-      "intermediate_size": int(m.embed_dim * m.mlp_ratio),
-      "hidden_act": "gelu",
-      "hidden_dropout_prob": 0.0,
-      "attention_probs_dropout_prob": 0.0,
-      "initializer_range": 0.02,
-      "layer_norm_eps": 1e-6,
-      "qkv_bias": True,
+      "tubelet_size": int(config.model.tubelet_size),
       "use_mean_pooling": False,
-      "decoder_num_attention_heads": int(m.decoder_num_heads),
-      "decoder_hidden_size": int(m.decoder_embed_dim),
-      "decoder_num_hidden_layers": int(m.decoder_depth),
-      "decoder_intermediate_size": int(m.decoder_embed_dim * m.mlp_ratio),
-      "norm_pix_loss": bool(m.norm_pix_loss),
   }
