@@ -38,7 +38,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
       **dims, norm_pix_loss=True, mask_ratio=0.75, dtype="float32", param_dtype="float32",
       attention="xla", remat="none", masking="random", tubelet_size=0, use_cls_token=True,
       pos_table="sincos", decoder_embed_bias=True, norm_pix_per_channel=False,
-      decoder_norm_eps=1e-6))
+      decoder_norm_eps=1e-6, scan_layers=False))
 
 
 def video_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
@@ -141,7 +141,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
       name=variant, patch_size=dims["patch_size"], embed_dim=dims["embed_dim"],
       depth=dims["depth"], num_heads=dims["num_heads"], mlp_ratio=dims["mlp_ratio"],
       pool="avg", drop_path=0.1, head_init_std=2e-5, dtype="float32",
-      param_dtype="float32", attention="xla", remat="none"))
+      param_dtype="float32", attention="xla", remat="none", scan_layers=False))
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),

@@ -39,6 +39,7 @@ def analyze_model(model, params, images, settings: Settings | None = None) -> di
   from mae_jax.analysis import attention_kernel, hooks, interpolation, stability
   from mae_jax.models import masking
   settings = settings or Settings()
+  model, params = hooks.analysis_model(model), hooks.analysis_params(params)
   images = np.asarray(images, np.float32)
   grid = masking.grid_size(images.shape[1:3], model.patch_size)
   noise = hooks.make_noise(settings.seed, len(images), grid[0] * grid[1])

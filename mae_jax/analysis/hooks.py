@@ -10,8 +10,8 @@
   Flax method interceptor, so the model code needs no extra hook.
 * ``encoder_attn[l]`` / ``decoder_attn[l]``: softmax weights ``[B, H, N, N]``
   sown by ``Attention`` (the ``xla`` implementation; ``analysis_model`` switches
-  any other implementation and remat to ``xla``/``none``, which changes neither
-  the parameters nor the outputs).
+  any other implementation, remat and a scan over layers to ``xla``/``none``/per-block,
+  which changes none of the outputs; ``analysis_params`` unstacks scanned params).
 * ``encoder_positions`` ``[B, 1 + K]`` and ``decoder_positions`` ``[B, 1 + L]``:
   the patch index (row-major) of every token, ``-1`` for cls. Encoder tokens are
   the visible patches in shuffled order, ``argsort(noise)[:K]``; decoder tokens
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mae_jax.models import masking
+from mae_jax.models import masking, stacking
 from mae_jax.models.vit import Block
 
 CLS = -1
@@ -85,12 +85,18 @@ class Trace:
 
 
 def analysis_model(model):
-  """The same model with attention weights available (``xla``) and no remat.
+  """The same model with attention weights available (``xla``), no remat and
+  per-block layers (``blocks_{i}``, not one scan), with ``analysis_params``.
 
-  Parameters and outputs are unchanged: both settings only choose how the same
-  computation is executed.
+  Outputs are unchanged: these settings only choose how the same computation is
+  executed (a scanned model's parameters are the same numbers, restacked).
   """
-  return model.clone(attention="xla", remat="none")
+  return model.clone(attention="xla", remat="none", scan_layers=False)
+
+
+def analysis_params(params):
+  """``params`` in the per-block layout ``analysis_model`` expects (either layout in)."""
+  return stacking.per_block(params)
 
 
 def make_noise(seed: int, batch: int, num_patches: int) -> np.ndarray:
@@ -167,7 +173,7 @@ def capture(model, params, images, noise, chunk_size: int = 64) -> Trace:
 
   Processed in chunks of ``chunk_size`` images (attention weights are ``O(N^2)``).
   """
-  model = analysis_model(model)
+  model, params = analysis_model(model), analysis_params(params)
   images = np.asarray(images, np.float32)
   noise = np.asarray(noise, np.float32)
   if noise.shape[0] != images.shape[0]:

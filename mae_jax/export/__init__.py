@@ -36,7 +36,7 @@ _MAX_LISTED = 20
 
 
 class Imported(NamedTuple):
-  params: dict          # nested dict of float32 NumPy arrays, our layout
+  params: dict          # nested dict of float32 NumPy arrays, our per-block layout
   config: Any           # full pretraining ConfigDict for this architecture
   has_decoder: bool     # False: decoder and mask token were freshly initialised
   notices: list         # one-line messages (also logged)
@@ -63,22 +63,26 @@ def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
 
 
 def _plain_params(params) -> dict:
-  """Unboxed nested dict (accepts ``{"params": ...}``, FrozenDicts, jax arrays)."""
+  """Unboxed nested dict in the per-block layout (accepts ``{"params": ...}``,
+  FrozenDicts, jax arrays, a scanned model's stacked blocks)."""
   import flax.linen as nn
+  from mae_jax.models import stacking
   params = nn.unbox(params)
   if isinstance(params, Mapping) and set(params) == {"params"}:
     params = params["params"]
   if not isinstance(params, Mapping):
     raise UserError(f"params must be a nested dict, got {type(params).__name__}.")
-  return params
+  return stacking.per_block(params)
 
 
 def _abstract_params(model, config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Our parameter shapes for ``model`` (``jax.eval_shape``, nothing allocated)."""
+  """Our parameter shapes for ``model`` in the per-block layout every format maps
+  (``jax.eval_shape``, nothing allocated)."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from mae_jax.models import registry
+  model = model.clone(scan_layers=False)
 
   def init():
     key = jax.random.key(0)
@@ -432,6 +436,7 @@ def _fresh_decoder(model, config, seed: int) -> dict:
   import jax.numpy as jnp
   from mae_jax.train.step import init_rngs
   grid = _grid(config)
+  model = model.clone(scan_layers=False)
   latent = jnp.zeros((1, 2, int(config.model.embed_dim)))
   ids_restore = jnp.arange(grid * grid)[None]
   variables = jax.jit(lambda: model.init(init_rngs(seed), latent, ids_restore, (grid, grid),

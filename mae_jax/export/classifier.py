@@ -57,8 +57,11 @@ def _flatten(tree, prefix=()) -> dict:
 
 
 def _arrays(tree) -> dict:
+  """Flat float32 arrays of a params tree in the per-block layout (scanned or not)."""
   import flax.linen as nn
-  return {k: np.asarray(v, np.float32) for k, v in _flatten(nn.unbox(tree)).items()}
+  from mae_jax.models import stacking
+  return {k: np.asarray(v, np.float32)
+          for k, v in _flatten(stacking.per_block(nn.unbox(tree))).items()}
 
 
 def fold_batchnorm(kernel, bias, mean, var, eps: float = LN_EPS):
@@ -203,6 +206,7 @@ def _classifier_shapes(model, config) -> dict:
   import jax
   import jax.numpy as jnp
   size, channels = int(config.data.image_size), int(config.data.channels)
+  model = model.clone(scan_layers=False)  # the per-block names of every export format
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                jnp.zeros((1, size, size, channels))))
   return {p: tuple(v.shape) for p, v in _flatten(nn.unbox(abstract["params"])).items()}

@@ -15,6 +15,7 @@ import numpy as np
 from flax import traverse_util
 
 from mae_jax.errors import CheckpointError
+from mae_jax.models import stacking
 from mae_jax.models.pos_embed import resize_table, sincos_2d
 
 
@@ -48,7 +49,9 @@ def load_pretrained(path: str, params, grid: tuple[int, int], sharding=None
   """Tensors of ``path`` for the classifier whose (abstract) params are ``params``.
 
   ``path`` is an MAE workdir (pretrained or ``mae-jax import``-ed), a fine-tune or
-  linear-probe workdir, or a ``W/checkpoints/<step>`` directory. Encoder params
+  linear-probe workdir, or a ``W/checkpoints/<step>`` directory. ``params`` may be a
+  scanned model's (stacked blocks): tensors are named per block either way and
+  ``place`` stacks them. Encoder params
   (``patch_embed``, ``cls_token``, ``blocks_*``, and ``norm`` for cls pooling) must
   all be there with the same shapes, else a ``CheckpointError`` lists the
   differences. ``pos_embed`` comes from the checkpoint's table (the fixed sin-cos
@@ -68,7 +71,7 @@ def load_pretrained(path: str, params, grid: tuple[int, int], sharding=None
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   source, src_config, src_grid, what = source_params(path, sharding)
   src = _flat(source)
-  dst = _flat(params)
+  dst = _flat(jax.eval_shape(stacking.per_block, params))  # names as the checkpoint's
   tensors, fresh, mismatched, missing = {}, [], [], []
 
   # The position table: learned in a classifier (resized bicubically as the official
@@ -139,8 +142,13 @@ def _group(names) -> list[str]:
 def place(tensors: dict, params):
   """``params`` with the host ``tensors`` (by ``a/b/c`` path) put on their shardings.
 
-  ``make_array_from_callback`` works when the shardings span several processes.
+  ``tensors`` are named per block (``blocks_{i}/...``); for a scanned model's
+  ``params`` they are stacked first. ``make_array_from_callback`` works when the
+  shardings span several processes.
   """
+  if stacking.is_stacked(params):
+    tensors = _flat(stacking.stacked(traverse_util.unflatten_dict(tensors, sep="/")))
+
   def put(path, ref):
     name = "/".join(getattr(k, "key", str(k)) for k in path)
     if name not in tensors:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from mae_jax.models import masking
 from mae_jax.models.pos_embed import fixed_table
-from mae_jax.models.vit import (LN_EPS, PatchEmbed, block_class, constrain, dense, layer_norm,
-                                token_init)
+from mae_jax.models.vit import (LN_EPS, PatchEmbed, constrain, dense, layer_norm, make_blocks,
+                                run_blocks, token_init)
 
 Dtype = Any
 
@@ -86,25 +86,24 @@ class MaskedAutoencoder(nn.Module):
   decoder_embed_bias: bool = True
   norm_pix_per_channel: bool = False
   decoder_norm_eps: float = LN_EPS
+  scan_layers: bool = False   # blocks as one nn.scan, stacked params (models.stacking)
 
   def setup(self):
-    block = block_class(self.remat)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
-              mlp_ratio=self.mlp_ratio)
+              mlp_ratio=self.mlp_ratio, remat=self.remat, scan=self.scan_layers)
     self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
                                   self.param_dtype, tubelet=self.tubelet_size)
     if self.use_cls_token:
       self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
                                   self.param_dtype)
-    self.blocks = [block(self.num_heads, **kw, name=f"blocks_{i}")
-                   for i in range(self.depth)]
+    self.blocks = make_blocks("blocks", self.depth, self.num_heads, **kw)
     self.norm = layer_norm("norm", param_dtype=self.param_dtype)
     self.decoder_embed = dense(self.decoder_embed_dim, "decoder_embed", ("embed", None),
                                self.dtype, self.param_dtype, use_bias=self.decoder_embed_bias)
     self.mask_token = self.param("mask_token", token_init(), (1, 1, self.decoder_embed_dim),
                                  self.param_dtype)
-    self.decoder_blocks = [block(self.decoder_num_heads, **kw, name=f"decoder_blocks_{i}")
-                           for i in range(self.decoder_depth)]
+    self.decoder_blocks = make_blocks("decoder_blocks", self.decoder_depth,
+                                      self.decoder_num_heads, **kw)
     self.decoder_norm = layer_norm("decoder_norm", param_dtype=self.param_dtype,
                                    epsilon=self.decoder_norm_eps)
     self.decoder_pred = dense(self.patch_size ** 2 * self.in_chans * max(self.tubelet_size, 1),
@@ -150,8 +149,7 @@ class MaskedAutoencoder(nn.Module):
     if self.use_cls_token:
       cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
-    for blk in self.blocks:
-      x = blk(x, True)
+    x = run_blocks(self.blocks, x, True, self.depth)
     return self.norm(x), mask, ids_restore
 
   def decode(self, latent: jax.Array, ids_restore: jax.Array,
@@ -166,8 +164,7 @@ class MaskedAutoencoder(nn.Module):
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)
     x = jnp.concatenate([x[:, :prefix], tokens], axis=1)
     x = x + self._pos(self.decoder_embed_dim, grid)[None]
-    for blk in self.decoder_blocks:
-      x = blk(x, True)
+    x = run_blocks(self.decoder_blocks, x, True, self.decoder_depth)
     x = self.decoder_norm(x)
     pred = self.decoder_pred(x)
     return pred[:, prefix:].astype(jnp.float32)

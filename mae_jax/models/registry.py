@@ -119,4 +119,4 @@ def build_mae(config):
       decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,
       mlp_ratio=m.mlp_ratio, norm_pix_loss=m.norm_pix_loss, mask_ratio=m.mask_ratio,
       dtype=dtype(m.dtype), param_dtype=dtype(m.param_dtype), attention=m.attention,
-      remat=m.remat)
+      remat=m.remat, scan_layers=bool(m.get("scan_layers", False)))

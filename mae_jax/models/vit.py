@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mae_jax.models import attention as attention_lib
+from mae_jax.models.stacking import LAYER_AXIS
 
 Dtype = Any
 
@@ -128,10 +129,12 @@ class DropPath(nn.Module):
   rate: float
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x: jax.Array, deterministic: bool, rate: jax.Array | None = None
+               ) -> jax.Array:
+    """``rate`` (a traced per-layer value inside a scan) overrides ``self.rate``."""
+    if deterministic or (rate is None and self.rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - (self.rate if rate is None else rate)
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     draw = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(draw, x / keep, jnp.zeros_like(x))
@@ -147,16 +150,18 @@ class Block(nn.Module):
   attention: str = "xla"
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True,
+               drop_path: jax.Array | None = None) -> jax.Array:
+    """``drop_path``: this layer's rate when it is a scanned input (else ``self.drop_path``)."""
     dim = x.shape[-1]
     x = constrain(x, ("batch", "length", "act_embed"))
     h = layer_norm("norm1", param_dtype=self.param_dtype)(x)
     h = Attention(self.num_heads, self.dtype, self.param_dtype, self.attention,
                   name="attn")(h)
-    x = x + DropPath(self.drop_path)(h.astype(x.dtype), deterministic)
+    x = x + DropPath(self.drop_path)(h.astype(x.dtype), deterministic, drop_path)
     h = layer_norm("norm2", param_dtype=self.param_dtype)(x)
     h = Mlp(int(dim * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(h)
-    x = x + DropPath(self.drop_path)(h.astype(x.dtype), deterministic)
+    x = x + DropPath(self.drop_path)(h.astype(x.dtype), deterministic, drop_path)
     self.sow("intermediates", "hidden", x)
     return x
 
@@ -168,8 +173,12 @@ REMAT_POLICIES = {
 }
 
 
-def block_class(remat: str) -> type[Block]:
-  """``Block`` wrapped in ``nn.remat`` with the named policy (``none`` = no remat)."""
+def block_class(remat: str, scanned: bool = False) -> type[Block]:
+  """``Block`` wrapped in ``nn.remat`` with the named policy (``none`` = no remat).
+
+  Inside a scan (``scanned``) the remat needs no CSE barrier: the loop already keeps
+  XLA from merging the recomputation into the forward pass.
+  """
   if remat not in REMAT_POLICIES:
     from mae_jax.errors import ConfigError
     raise ConfigError(f"model.remat={remat!r} is unknown; choose one of "
@@ -177,7 +186,44 @@ def block_class(remat: str) -> type[Block]:
   if remat == "none":
     return Block
   # self is argument 0, so `deterministic` is 2.
-  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(2,))
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(2,),
+                  prevent_cse=not scanned)
+
+
+def make_blocks(stack: str, depth: int, num_heads: int, *, remat: str, scan: bool,
+                drop_path: tuple[float, ...] | None = None, **kw):
+  """The blocks of one stack, to assign in ``setup`` and run with ``run_blocks``.
+
+  Unscanned: a list of ``depth`` blocks named ``{stack}_{i}`` (drop-path rate
+  ``drop_path[i]``). Scanned (``scan``): one block named ``stack`` whose parameters
+  carry a leading ``layers`` axis of size ``depth`` (``mae_jax.models.stacking``);
+  ``run_blocks`` scans it, feeding each layer its drop-path rate.
+  """
+  block = block_class(remat, scanned=scan)
+  if scan:
+    return block(num_heads, name=stack, **kw)
+  rates = drop_path or (0.0,) * depth
+  return [block(num_heads, drop_path=rates[i], name=f"{stack}_{i}", **kw)
+          for i in range(depth)]
+
+
+def run_blocks(blocks, x: jax.Array, deterministic: bool, depth: int,
+               drop_path: tuple[float, ...] | None = None) -> jax.Array:
+  """``x`` through the blocks of ``make_blocks``: a loop, or one ``nn.scan``."""
+  if isinstance(blocks, (list, tuple)):
+    for blk in blocks:
+      x = blk(x, deterministic)
+    return x
+  rates = (jnp.asarray(drop_path, jnp.float32)
+           if drop_path and any(drop_path) and not deterministic else None)
+
+  def body(block, carry, rate):
+    return block(carry, deterministic, rate), None
+
+  scan = nn.scan(body, variable_axes={"params": 0, "intermediates": 0},
+                 split_rngs={"params": True, "dropout": True}, in_axes=0, length=depth,
+                 metadata_params={nn.PARTITION_NAME: LAYER_AXIS})
+  return scan(blocks, x, rates)[0]
 
 
 class PatchEmbed(nn.Module):
@@ -242,6 +288,8 @@ class VisionTransformer(nn.Module):
     as the official linear probe; its statistics live in ``batch_stats``.
   * Drop path rises linearly from 0 to ``drop_path_rate`` over the blocks; the head
     is trunc-normal with ``head_init_std`` (2e-5 fine-tuning, 0.01 probe).
+  * ``scan_layers``: the blocks as one ``nn.scan`` with stacked parameters (one
+    ``blocks`` subtree, ``mae_jax.models.stacking``) instead of ``blocks_{i}``.
 
   ``features(images, train)`` returns the pooled, normalised ``[B, D]`` features and
   ``logits(features, train)`` applies the head; ``__call__`` is both.
@@ -261,6 +309,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention: str = "xla"
   remat: str = "none"
+  scan_layers: bool = False
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -275,7 +324,6 @@ class VisionTransformer(nn.Module):
     if self.pool not in ("avg", "cls"):
       raise ValueError(f"pool must be 'avg' or 'cls', got {self.pool!r}")
     gh, gw = self.grid
-    block = block_class(self.remat)
     self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
                                   self.param_dtype)
     self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
@@ -283,11 +331,12 @@ class VisionTransformer(nn.Module):
     self.pos_embed = self.param("pos_embed",
                                 logical(sincos_table_init((gh, gw)), (None, None, "embed")),
                                 (1, 1 + gh * gw, self.embed_dim), self.param_dtype)
-    rates = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]
-    self.blocks = [block(self.num_heads, mlp_ratio=self.mlp_ratio, drop_path=rates[i],
-                         dtype=self.dtype, param_dtype=self.param_dtype,
-                         attention=self.attention, name=f"blocks_{i}")
-                   for i in range(self.depth)]
+    self.drop_rates = tuple(self.drop_path_rate * i / max(self.depth - 1, 1)
+                            for i in range(self.depth))
+    self.blocks = make_blocks("blocks", self.depth, self.num_heads, remat=self.remat,
+                              scan=self.scan_layers, drop_path=self.drop_rates,
+                              mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+                              param_dtype=self.param_dtype, attention=self.attention)
     if self.pool == "avg":
       self.fc_norm = layer_norm("fc_norm", param_dtype=self.param_dtype)
     else:
@@ -309,8 +358,7 @@ class VisionTransformer(nn.Module):
     cls = jnp.broadcast_to(self.cls_token.astype(jnp.float32), (b, 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + self.pos_embed.astype(jnp.float32)
     x = constrain(x, ("batch", "length", "act_embed"))
-    for blk in self.blocks:
-      x = blk(x, not train)
+    x = run_blocks(self.blocks, x, not train, self.depth, self.drop_rates)
     if self.pool == "avg":
       return self.fc_norm(x[:, 1:].mean(axis=1)).astype(jnp.float32)
     return self.norm(x)[:, 0].astype(jnp.float32)

@@ -1,6 +1,7 @@
 """The one table mapping logical axis names to mesh axes, and sharding helpers.
 
-Parameters name ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``; activations
+Parameters name ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab`` (and ``layers``,
+the leading axis of a scanned model's stacked blocks, always replicated); activations
 name ``batch``, ``length``, ``act_embed``, ``act_mlp``, ``act_heads``. FSDP shards
 parameters along ``embed`` over ``fsdp``; tensor parallelism (Megatron style)
 shards ``mlp``/``heads`` over ``model``: qkv and fc1 are column parallel, proj and
@@ -27,6 +28,7 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("vocab", None),
     ("classes", None),
+    ("layers", None),   # the stacked-block axis of scanned models (model.scan_layers)
 )
 
 

@@ -8,6 +8,13 @@ Every saved leaf is a global ``jax.Array`` or a scalar; restoring onto another
 mesh reshards (the abstract state carries the target shardings). A task that
 evaluates (fine-tuning) also keeps its best checkpoint by ``keep_best`` (Orbax's
 ``BestN`` beside ``LatestN``), whatever ``keep`` drops.
+
+Block layout (``model.scan_layers``): a checkpoint holds the state in the layout the
+run trained with (stacked ``blocks`` or ``blocks_{i}``), so saving costs no extra
+device memory. A restore into a model of the other layout reads the checkpoint in
+its own layout and converts once (params and every optimizer moment,
+``mae_jax.models.stacking.convert``); ``restore_params``/``restore_parts`` always
+return the per-block layout that exports, imports and ``init_from`` use.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from etils import epath
 
 from mae_jax import fileio
 from mae_jax.errors import CheckpointError
+from mae_jax.models import stacking
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -103,7 +111,9 @@ class Checkpointer:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       else:  # saved by a run with another number of processes
         data_state = _shared_data_state(step_dir / "data")
-    self._check_layout(step, abstract_state)
+    source = self._check_layout(step, abstract_state)
+    if source is not abstract_state:  # saved in the other block layout (scan_layers)
+      items["state"] = ocp.args.StandardRestore(source)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax/tensorstore raise many types for a damaged step
@@ -112,6 +122,10 @@ class Checkpointer:
           f"truncated or damaged. {self._without(step)}") from None
     if data_state is not None:
       data_iterator.set_state(data_state)
+    if source is not abstract_state:
+      logging.info("checkpoint step %d converted to this run's block layout "
+                   "(model.scan_layers)", step)
+      return convert_layout(restored["state"], abstract_state)
     return restored["state"]
 
   def _without(self, step: int) -> str:
@@ -119,18 +133,29 @@ class Checkpointer:
     return (f"Delete {self.directory / str(step)} to resume from step {max(others)}."
             if others else "Start a new workdir.")
 
-  def _check_layout(self, step: int, abstract_state) -> None:
-    """Says what differs when the checkpoint holds another model (not corruption)."""
+  def _check_layout(self, step: int, abstract_state):
+    """The abstract state to read ``step`` into: ``abstract_state``, or its counterpart
+    in the checkpoint's block layout when the checkpoint was written with the other
+    ``model.scan_layers``. Says what differs when the checkpoint holds another model
+    (not corruption)."""
     try:
       meta = self.manager.item_metadata(step)["state"]
     except Exception as e:  # the metadata files themselves are unreadable
       raise CheckpointError(
           f"checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)}); its "
           f"files are truncated or damaged. {self._without(step)}") from None
-    saved = _flat_shapes(getattr(meta, "tree", meta))
+    tree = getattr(meta, "tree", meta)
+    saved = _flat_shapes(tree)
     wanted = _flat_shapes(abstract_state)
     if saved is None or wanted is None:
-      return
+      return abstract_state
+    source = abstract_state
+    if stacking.layouts_differ(saved, wanted):
+      try:
+        source = stacking.convert(abstract_state, like=tree)
+        wanted = _flat_shapes(source)
+      except KeyError:  # another depth as well: report the differences below
+        source = abstract_state
     missing = [k for k in wanted if k not in saved]
     extra = [k for k in saved if k not in wanted]
     differ = sorted((k for k in wanted if k in saved and saved[k] != wanted[k]),
@@ -148,6 +173,7 @@ class Checkpointer:
           f"this run's config ({'; '.join(details)}). The checkpoint is intact: run with the "
           f"config it was written with ({self.directory.parent / CONFIG_FILE}), or use a new "
           "workdir.")
+    return source
 
   def restore_latest(self, state, data_iterator=None):
     """``(state, step)``: the latest checkpoint laid out like ``state``, or ``(state, 0)``
@@ -167,6 +193,14 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def convert_layout(state, abstract_state):
+  """``state`` (read in the other block layout) as ``abstract_state`` lays it out: one
+  jitted restack onto the target shardings (``mae_jax.models.stacking.convert``)."""
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+  return jax.jit(lambda s: stacking.convert(s, abstract_state), out_shardings=shardings,
+                 donate_argnums=0)(state)
 
 
 def _first_line(e: Exception) -> str:
@@ -361,7 +395,8 @@ def restore_params(workdir: str, step: int | None, sharding) -> tuple[Any, int]:
 def restore_parts(workdir: str, step: int | None, sharding, keys=("params",)
                   ) -> tuple[dict, int]:
   """``({key: subtree as NumPy}, step)`` for top-level ``keys`` of a checkpoint's state
-  (e.g. ``params``, ``batch_stats``), laid out by ``sharding`` while read."""
+  (e.g. ``params``, ``batch_stats``), laid out by ``sharding`` while read, in the
+  per-block layout (``blocks_{i}``) whichever ``model.scan_layers`` wrote them."""
   directory = fileio.absolute(workdir) / CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
@@ -389,7 +424,7 @@ def restore_parts(workdir: str, step: int | None, sharding, keys=("params",)
                             f"({_first_line(e)}); its files are truncated or damaged.") from None
   finally:
     manager.close()
-  return {k: jax.device_get(v) for k, v in restored.items()}, int(step)
+  return {k: stacking.per_block(jax.device_get(v)) for k, v in restored.items()}, int(step)
 
 
 def load(path: str, step: int | None = None, mesh=None) -> Loaded:
@@ -422,6 +457,9 @@ def load(path: str, step: int | None = None, mesh=None) -> Loaded:
 def write_workdir(workdir: str, config, params, step: int = 0) -> None:
   """A workdir holding ``params`` (e.g. imported or freshly initialised) at ``step``.
 
+  ``params`` in either block layout; written in the one ``config.model.scan_layers``
+  builds.
+
   The optimizer state is fresh; ``mae-jax pretrain`` on this workdir continues from
   ``step``, and ``load``/``finetune``/``linprobe``/``analyze`` accept it.
   """
@@ -430,6 +468,7 @@ def write_workdir(workdir: str, config, params, step: int = 0) -> None:
   from mae_jax.train.state import TrainState
   model = registry.build_mae(config)
   abstract, tx = abstract_train_state(config, model)
+  params = stacking.to_layout(params, stacking.is_stacked(abstract.params))
   params = jax.tree.map(lambda a, p: jax.device_put(jnp.asarray(p, a.dtype), a.sharding),
                         abstract.params, params)
   state = TrainState(step=jnp.asarray(step, jnp.int32), params=params,

@@ -32,7 +32,7 @@ from mae_jax.data import finetune_augment, pipeline
 from mae_jax.data.sources import open_source
 from mae_jax.errors import CheckpointError, ConfigError
 from mae_jax.models import load as load_lib
-from mae_jax.models import registry
+from mae_jax.models import registry, stacking
 from mae_jax.models.vit import VisionTransformer
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import evaluators as evaluators_lib
@@ -74,7 +74,7 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
       mlp_ratio=m.mlp_ratio, pool=m.pool, drop_path_rate=float(m.get("drop_path", 0.0)),
       head_init_std=float(m.head_init_std), head_norm=head_norm,
       dtype=registry.dtype(m.dtype), param_dtype=registry.dtype(m.param_dtype),
-      attention=m.attention, remat=m.remat)
+      attention=m.attention, remat=m.remat, scan_layers=bool(m.get("scan_layers", False)))
 
 
 def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
@@ -110,7 +110,8 @@ def optimizer(config, schedule):
   """``(tx, opt_init)`` of the task: LLRD AdamW on every param (fine-tuning), LARS on
   the head alone (linear probe)."""
   if config.task == "finetune":
-    tx = optim.adamw_layer_decay(config.optim, schedule, config.model.depth)
+    tx = optim.adamw_layer_decay(config.optim, schedule, config.model.depth,
+                                 scanned=bool(config.model.get("scan_layers", False)))
     return tx, tx.init
   tx = optim.lars(config.optim, schedule)
   return tx, head_only(tx.init)
@@ -371,7 +372,7 @@ def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0)
   state, _ = create_state(model, opt_init, mesh, image_shape, config.seed, ema_decay)
   flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
   state = state.replace(step=jnp.asarray(step, jnp.int32),
-                        params=place(flat(params), state.params))
+                        params=place(flat(stacking.per_block(params)), state.params))
   if batch_stats:
     state = state.replace(batch_stats=place(flat(batch_stats), state.batch_stats))
   state = _restart_ema(state)

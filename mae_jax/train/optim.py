@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from mae_jax.errors import ConfigError
+from mae_jax.models.stacking import unstacked_ndim
 
 
 def accumulation_steps(optim_config) -> int:
@@ -123,10 +124,11 @@ def _clip(optim_config) -> list:
 
 
 def decay_mask(params):
-  """True where weight decay applies: kernels and tokens, not biases or 1-D params."""
+  """True where weight decay applies: kernels and tokens, not biases or 1-D params
+  (the layer axis of stacked blocks not counted)."""
   def rule(path, leaf):
     name = getattr(path[-1], "key", str(path[-1]))
-    return leaf.ndim > 1 and name != "bias"
+    return unstacked_ndim(path, leaf) > 1 and name != "bias"
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
@@ -158,18 +160,25 @@ def finetune_decay_mask(params):
   """``decay_mask`` plus the official fine-tuning exclusions (``pos_embed``, ``cls_token``)."""
   def rule(path, leaf):
     names = _names(path)
-    return leaf.ndim > 1 and names[-1] != "bias" and names[0] not in NO_WEIGHT_DECAY
+    return (unstacked_ndim(path, leaf) > 1 and names[-1] != "bias"
+            and names[0] not in NO_WEIGHT_DECAY)
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def vit_layer_id(top_level_name: str, num_layers: int) -> int:
+STACKED_LAYERS = "stacked"  # the layer id of a scanned model's stacked ``blocks``
+
+
+def vit_layer_id(top_level_name: str, num_layers: int) -> int | str:
   """Official ``get_layer_id_for_vit`` on our names; ``num_layers`` = depth + 1.
 
   0 for ``patch_embed``, ``cls_token``, ``pos_embed``; ``i + 1`` for ``blocks_i``;
   ``num_layers`` for everything else (``norm``, ``fc_norm``, ``head``).
+  ``STACKED_LAYERS`` for a scanned model's ``blocks`` (ids 1..depth along its layer axis).
   """
   if top_level_name in ("cls_token", "pos_embed", "patch_embed"):
     return 0
+  if top_level_name == "blocks":
+    return STACKED_LAYERS
   if top_level_name.startswith("blocks_"):
     return int(top_level_name.split("_", 1)[1]) + 1
   return num_layers
@@ -181,28 +190,50 @@ def layer_ids(params, depth: int):
       lambda path, leaf: vit_layer_id(_names(path)[0], depth + 1), params)
 
 
+def _scale(layer_decay: float, depth: int, layer_id):
+  """``layer_decay ** (depth + 1 - id)``; for stacked blocks the ``[depth]`` vector."""
+  if layer_id == STACKED_LAYERS:
+    return layer_decay ** (depth - jnp.arange(depth, dtype=jnp.float32))
+  return float(layer_decay ** (depth + 1 - layer_id))
+
+
 def layer_lr_scales(params, depth: int, layer_decay: float):
-  """Per-leaf lr multiplier ``layer_decay ** (depth + 1 - layer_id)`` (official LLRD)."""
-  return jax.tree.map(lambda i: float(layer_decay ** (depth + 1 - i)),
-                      layer_ids(params, depth))
+  """Per-leaf lr multiplier ``layer_decay ** (depth + 1 - layer_id)`` (official LLRD);
+  a ``[depth]`` vector (one per layer) for a scanned model's stacked blocks."""
+  return jax.tree.map(lambda i: _scale(layer_decay, depth, i), layer_ids(params, depth))
 
 
-def adamw_layer_decay(optim_config, schedule: optax.Schedule, depth: int
-                      ) -> optax.GradientTransformation:
+def scale_layers(scales: jax.Array) -> optax.GradientTransformation:
+  """Scales update slice ``i`` of every (stacked) leaf by ``scales[i]``."""
+  def update(updates, state, params=None):
+    del params
+    def one(u):
+      return u * scales.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+    return jax.tree.map(one, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def adamw_layer_decay(optim_config, schedule: optax.Schedule, depth: int,
+                      scanned: bool = False) -> optax.GradientTransformation:
   """AdamW with layer-wise lr decay, as the official ``param_groups_lrd`` + AdamW.
 
   ``optax.adamw`` is ``scale_by_adam -> add_decayed_weights -> scale_by_learning_rate``;
   scaling its output per layer group (``optax.multi_transform`` of ``optax.scale``)
   is the same as giving each group ``lr * layer_decay ** (depth + 1 - layer_id)``,
   the decay term included, exactly as torch's AdamW with per-group lr. Weight
-  decay: not on biases, 1-D params, ``pos_embed`` or ``cls_token``.
+  decay: not on biases, 1-D params, ``pos_embed`` or ``cls_token``. A scanned
+  model's stacked ``blocks`` (``scanned``) form one group scaled per layer
+  (``scale_layers``).
   """
   layer_decay = float(optim_config.layer_decay)
   if not 0.0 < layer_decay <= 1.0:
     raise ConfigError(f"optim.layer_decay={layer_decay} must be in (0, 1].")
   _check_adam(optim_config)
-  groups = {f"layer_{i}": optax.scale(layer_decay ** (depth + 1 - i))
+  groups = {f"layer_{i}": optax.scale(_scale(layer_decay, depth, i))
             for i in range(depth + 2)}
+  if scanned:  # (a group only then: unscanned runs keep their optimizer-state tree)
+    groups[f"layer_{STACKED_LAYERS}"] = scale_layers(_scale(layer_decay, depth,
+                                                            STACKED_LAYERS))
   labels = lambda params: jax.tree.map(lambda i: f"layer_{i}", layer_ids(params, depth))
   tx = optax.chain(*_clip(optim_config),
                    optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=1e-8,
