@@ -119,6 +119,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000     # reconstruction grids
   c.num_recon_images = 8
   c.seed = 0
+  c.device_memory_gib = 0.0    # > 0: the memory check's device size (0: detected)
   c.probe = ml_collections.ConfigDict(dict(enabled=False, max_train=60000, max_test=10000,
                                            steps=300, lr=0.1, weight_decay=1e-4,
                                            features="mean"))  # mean, cls or patches
@@ -164,6 +165,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_steps = 0         # 0: once per epoch (and at the end)
   c.seed = 0
+  c.device_memory_gib = 0.0      # > 0: the memory check's device size (0: detected)
   c.profile = profile_defaults()
   return c
 

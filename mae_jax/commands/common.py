@@ -130,6 +130,13 @@ def config_command(trainer: str, task: str | None = None, entry: str = "train_an
   workdir = flags.DEFINE_string("workdir", None, "Run directory (local or gs://); "
                                 "re-running on it resumes.")
   flags.mark_flags_as_required(["config", "workdir"])
+  dry_run = None
+  if entry == "train_and_evaluate":
+    dry_run = flags.DEFINE_bool(
+        "dry_run", False, "Print the params/optimizer bytes per device, the compiled train "
+        "step's peak memory estimate and whether it fits the device memory "
+        "(--config.device_memory_gib overrides the detected size), then exit: nothing is "
+        "trained, no data read, the workdir not touched.")
 
   def main(argv):
     del argv
@@ -146,6 +153,17 @@ def config_command(trainer: str, task: str | None = None, entry: str = "train_an
     setup_logging()
     init_distributed()
     import importlib
+    if dry_run is not None and dry_run.value:
+      import json
+      import jax
+      from mae_jax.parallel import memory
+      report = importlib.import_module(trainer).dry_run(value)
+      if jax.process_index() == 0:
+        print(f"dry run of {report['task']}: mesh {report['mesh']}, batch "
+              f"{report['batch_size']}, step compiled in {report['compile_s']} s")
+        print(memory.describe(report))
+        print(json.dumps(report, sort_keys=True))
+      return
     result = getattr(importlib.import_module(trainer), entry)(value, workdir.value)
     if isinstance(result, dict) and result.get("signal") == "SIGINT":
       print(f"interrupted at step {result['preempted_at']}; checkpoint saved. Re-run the same "

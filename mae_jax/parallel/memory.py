@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import jax
-import numpy as np
 
 from mae_jax.errors import ConfigError
 
@@ -114,7 +113,9 @@ def report(state, compiled, override_gib: float = 0.0) -> dict:
 
 
 def _gib(n) -> str:
-  return "?" if n is None else f"{n / GIB:,.2f} GiB"
+  if n is None:
+    return "?"
+  return f"{n / GIB:,.2f} GiB" if n >= GIB // 10 else f"{n / 2 ** 20:,.2f} MiB"
 
 
 def describe(rep: dict) -> str:
@@ -151,6 +152,3 @@ def check(rep: dict) -> None:
         "shard with --config.mesh.fsdp=N, or use bfloat16 (--config.model.dtype); "
         "`--dry_run` prints the numbers.")
 
-
-def nbytes(shape, dtype) -> int:
-  return math.prod(shape) * np.dtype(dtype).itemsize

@@ -78,8 +78,9 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
 
 
 def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
-                 ema_decay: float | None = None):
-  """``(state, shardings)`` of a classifier, created sharded."""
+                 ema_decay: float | None = None, abstract: bool = False):
+  """``(state, shardings)`` of a classifier, created sharded (``abstract``: only the
+  sharded shapes)."""
   def init():
     key = jax.random.key(seed)
     variables = model.init({"params": jax.random.fold_in(key, 0)},
@@ -89,8 +90,8 @@ def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
     return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=opt_init(params),
                            batch_stats=variables.get("batch_stats", {}), ema=ema)
-  state, shardings = step_lib.create_sharded(init, mesh)
-  return _restart_ema(state), shardings
+  state, shardings = step_lib.create_sharded(init, mesh, abstract)
+  return (state if abstract else _restart_ema(state)), shardings
 
 
 def _restart_ema(state: ClassifierState) -> ClassifierState:
@@ -271,9 +272,10 @@ def check_num_classes(config) -> None:
 class ClassifierTask:
   keep_best = "top1"
 
-  def __init__(self, config):
+  def __init__(self, config, check_data: bool = True):
     validate(config)
-    check_num_classes(config)
+    if check_data:
+      check_num_classes(config)
     self.config = config
     self.name = config.task
     self.finetune = config.task == "finetune"
@@ -282,13 +284,13 @@ class ClassifierTask:
                              else pipeline.train_transform)
     self.ema_decay = _ema_decay(config)
 
-  def build(self, mesh, schedule, lr_fn):
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False):
     c = self.config
     image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
     tx, opt_init = optimizer(c, schedule)
     state, shardings = create_state(self.model, opt_init, mesh, image_shape, c.seed,
-                                    self.ema_decay)
-    pixel_stats = pipeline.normalization(c.data)
+                                    self.ema_decay, abstract)
+    pixel_stats = pipeline.normalization(c.data, dataset_required=not abstract)
     if self.finetune:
       aug = c.data.augment
       fn = finetune_step_fn(self.model, tx, lr_fn, c.seed, self.ema_decay, c.num_classes,
@@ -313,6 +315,18 @@ class ClassifierTask:
     tensors, _ = load_lib.load_pretrained(self.config.init_from, state.params,
                                           self.model.grid, sharding_lib.replicated(mesh))
     return _restart_ema(state.replace(params=load_lib.place(tensors, state.params)))
+
+  def abstract_batch(self) -> dict:
+    """What ``device_batch`` returns, as ``ShapeDtypeStruct``s (after ``build``)."""
+    c = self.config
+    b, size = c.batch_size, c.data.image_size
+    erase = finetune_augment.erase_params(np.random.default_rng(0), size, size, 0.0)
+    shapes = {"image": ((b, size, size, c.data.channels), jnp.uint8),
+              "label": ((b,), jnp.int32),
+              "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
+                      jnp.float32),
+              "erase": ((b,) + erase.shape, erase.dtype)}
+    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in self.shardings.items()}
 
   def device_batch(self, host_batch, step: int) -> dict:
     c = self.config
@@ -347,6 +361,12 @@ class ClassifierTask:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Fine-tunes or linearly probes (``config.task``) in ``workdir``."""
   return loop.run(config, workdir, ClassifierTask(config))
+
+
+def dry_run(config) -> dict:
+  """Memory per device of this config's train step, compiled from shapes only (no
+  data read, no ``init_from`` loaded)."""
+  return loop.dry_run(config, ClassifierTask(config, check_data=False))
 
 
 def evaluate(config, workdir: str) -> dict:

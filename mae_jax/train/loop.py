@@ -11,7 +11,9 @@ gives only what differs:
 * ``build(mesh, schedule, lr_fn) -> (state, state_shardings, train_step)``;
 * ``initialize(state, mesh) -> state`` for a run that starts from no checkpoint
   (``init_from``);
-* ``device_batch(host_batch, step) -> batch`` of global arrays for ``train_step``;
+* ``device_batch(host_batch, step) -> batch`` of global arrays for ``train_step``, and
+  ``abstract_batch()``, its shapes (the memory check and ``--dry_run`` compile the
+  step from them; ``build(..., abstract=True)`` gives the state's shapes);
 * ``evaluators(mesh, workdir, writer) -> [evaluator]`` (``mae_jax.train.evaluators``).
 
 Every task thus gets the same process-count-independent global batch, the same
@@ -33,6 +35,7 @@ import numpy as np
 from mae_jax import config_lib
 from mae_jax.data import pipeline
 from mae_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mae_jax.parallel import memory as memory_lib
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import checkpoint as ckpt_lib
@@ -82,6 +85,29 @@ def validate(config) -> None:
 def global_array(sharding, local, global_shape):
   """The global array whose rows this process holds are ``local``."""
   return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+
+def memory_report(config, task, train_step, state) -> dict:
+  """XLA's per-device memory estimate of ``train_step`` on ``state`` (arrays or shapes)
+  and the verdict against the device memory (``mae_jax.parallel.memory``)."""
+  compiled = train_step.compile(state, task.abstract_batch())
+  return memory_lib.report(state, compiled, float(config.get("device_memory_gib", 0.0) or 0.0))
+
+
+def dry_run(config, task) -> dict:
+  """``--dry_run``: the mesh, the sharded state's shapes and the compiled train step,
+  with nothing allocated, no data read and no workdir written; returns the memory
+  report (``mae_jax.parallel.memory.report``) plus the run's layout."""
+  validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh_lib.check_batch(config.batch_size, mesh)
+  constant = lambda count: 0.0  # the state's structure and the step's memory need no schedule
+  state, _, train_step = task.build(mesh, constant, constant, abstract=True)
+  start = time.perf_counter()
+  rep = memory_report(config, task, train_step, state)
+  rep.update(task=task.name, mesh=dict(mesh.shape), batch_size=int(config.batch_size),
+             compile_s=round(time.perf_counter() - start, 2))
+  return rep
 
 
 def _host(metrics) -> dict:
@@ -142,6 +168,15 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
       logging.info("already at step %d of %d: nothing to train", start_step, num_steps)
     if not restored:
       state = task.initialize(state, mesh)
+    if train and start_step < num_steps:
+      # the step's compilation, done now (the first step reuses it) to stop with one
+      # line when it clearly cannot fit, before the workdir is written
+      memory = memory_report(config, task, train_step, state)
+      logging.info("%s: train step needs ~%.2f GiB per device (XLA estimate)%s", task.name,
+                   (memory["peak_bytes_per_device"] or 0) / memory_lib.GIB,
+                   "" if memory["fits"] is None else
+                   f", {100 * memory['fraction_of_memory']:.0f}% of the device memory")
+      memory_lib.check(memory)
 
     # ---------------------------------------------------------------- workdir
     # Written only now that the config, the data and the checkpoint are known good.

@@ -10,6 +10,9 @@ encoder vs raw pixels) at the end.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from mae_jax import config_lib
 from mae_jax.data import pipeline
 from mae_jax.errors import ConfigError
@@ -37,14 +40,16 @@ class PretrainTask:
     self.config = config
     self.model = registry.build_mae(config)
 
-  def build(self, mesh, schedule, lr_fn):
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False):
     c = self.config
     tx = optim.adamw(c.optim, schedule)
     state, shardings = step_lib.create_train_state(self.model, tx, mesh,
-                                                   registry.input_shape(c), c.seed)
+                                                   registry.input_shape(c), c.seed, abstract)
     self.images_sharding = sharding_lib.batch_sharding(mesh)
+    # (a dry run reads no data: the statistics' values do not change the step's memory)
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed,
-                                          pipeline.normalization(c.data))
+                                          pipeline.normalization(c.data,
+                                                                 dataset_required=not abstract))
     return state, shardings, train_step
 
   def initialize(self, state, mesh):
@@ -53,6 +58,12 @@ class PretrainTask:
   def device_batch(self, host_batch, step: int):
     shape = registry.input_shape(self.config, self.config.batch_size)
     return loop.global_array(self.images_sharding, host_batch["image"], shape)
+
+  def abstract_batch(self):
+    """What ``device_batch`` returns (uint8 pixels), as a ``ShapeDtypeStruct`` (after
+    ``build``)."""
+    return jax.ShapeDtypeStruct(registry.input_shape(self.config, self.config.batch_size),
+                                jnp.uint8, sharding=self.images_sharding)
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config
@@ -67,3 +78,8 @@ class PretrainTask:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   return loop.run(config, workdir, PretrainTask(config))
+
+
+def dry_run(config) -> dict:
+  """Memory per device of this config's train step, compiled from shapes only."""
+  return loop.dry_run(config, PretrainTask(config))

@@ -39,15 +39,19 @@ def init_rngs(seed: int) -> dict:
   return {"params": jax.random.fold_in(key, 0), "masking": jax.random.fold_in(key, 1)}
 
 
-def create_sharded(init: Callable[[], Any], mesh):
+def create_sharded(init: Callable[[], Any], mesh, abstract: bool = False):
   """``(state, shardings)``: ``init()`` run under ``jit`` with sharded outputs.
 
   ``eval_shape`` gives the logical axes, the rules give NamedShardings, and the
   initialiser runs with those ``out_shardings``: no device ever holds the full
-  parameters unless the rules replicate them.
+  parameters unless the rules replicate them. ``abstract``: nothing is allocated;
+  the state is ``ShapeDtypeStruct``s carrying their shardings (``--dry_run``).
   """
   boxed = jax.eval_shape(init)
   shardings = sharding_lib.shardings_of(boxed, mesh)
+  if abstract:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.unbox(boxed), shardings), shardings
   with jax.set_mesh(mesh), sharding_lib.logical_rules():
     state = jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
   return state, shardings
@@ -64,7 +68,14 @@ def jit_step(train_step: Callable, mesh, state_shardings, batch_shardings):
     with jax.set_mesh(mesh), sharding_lib.logical_rules():
       return jitted(state, batch)
 
+  def compile(state, batch):
+    """The compiled step for these (abstract or real) arguments; the same executable
+    a call then runs (explicit shardings: one cache entry)."""
+    with jax.set_mesh(mesh), sharding_lib.logical_rules():
+      return jitted.lower(state, batch).compile()
+
   step.jitted = jitted
+  step.compile = compile
   return step
 
 
@@ -82,10 +93,11 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, image_sha
   return init, jax.eval_shape(init)
 
 
-def create_train_state(model, tx, mesh, image_shape, seed: int = 0):
-  """MAE parameters and optimizer state created already sharded over ``mesh``."""
+def create_train_state(model, tx, mesh, image_shape, seed: int = 0, abstract: bool = False):
+  """MAE parameters and optimizer state created already sharded over ``mesh``
+  (``abstract``: only their sharded shapes)."""
   init, _ = abstract_state(model, tx, image_shape, seed)
-  return create_sharded(init, mesh)
+  return create_sharded(init, mesh, abstract)
 
 
 def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_stats=None):
