@@ -13,7 +13,7 @@ JAX starts). Prints one JSON object per measurement:
 MFU is model FLOPs (``benchmarks/flops.py``: forward + backward at the mask ratio)
 times img/s over the device's dense bf16 peak; null where the peak is unknown
 (CPUs). Comma-separated values of --variant/--batch/--dtype/--attention/--remat/
---moments_dtype run a sweep in one process (HF once per variant/batch/dtype);
+--moments_dtype/--scan_layers run a sweep in one process (HF once per variant/batch/dtype);
 --interleave times the settings' windows in turn (fairer on a busy machine) and
 --cpu_cores=1 pins a CPU run to one core. ``vit-tiny`` is mae_jax's CPU size
 (width 128, 4 + 2 blocks), not DeiT-Ti.
@@ -68,11 +68,11 @@ class Config(dict):
 
 
 def make_config(args, variant: str, dtype: str, attention: str, remat: str,
-                moments_dtype: str = "float32") -> Config:
+                moments_dtype: str = "float32", scan_layers: bool = False) -> Config:
   from mae_jax.models import registry
   model = Config(registry.variant_dims(variant), norm_pix_loss=True,
                  mask_ratio=args.mask_ratio, dtype=dtype, param_dtype="float32",
-                 attention=attention, remat=remat)
+                 attention=attention, remat=remat, scan_layers=scan_layers)
   data = Config(image_size=args.image_size, channels=args.channels)
   optim = Config(base_lr=1.5e-4, min_lr=0.0, warmup_epochs=0, warmup_steps=10,
                  weight_decay=0.05, b1=0.9, b2=0.95, clip_grad_norm=0.0,
@@ -122,7 +122,8 @@ class MaeJaxRun:
 
   impl = "mae_jax"
 
-  def __init__(self, args, variant, batch, dtype, attention, remat, moments_dtype):
+  def __init__(self, args, variant, batch, dtype, attention, remat, moments_dtype,
+               scan_layers=False):
     import jax
     from mae_jax.models import registry
     from mae_jax.parallel import mesh as mesh_lib
@@ -131,8 +132,9 @@ class MaeJaxRun:
     from mae_jax.train import step as step_lib
 
     self.settings = dict(batch=batch, dtype=dtype, attention=attention, remat=remat,
-                         moments_dtype=moments_dtype, param_dtype="float32")
-    config = make_config(args, variant, dtype, attention, remat, moments_dtype)
+                         moments_dtype=moments_dtype, param_dtype="float32",
+                         scan_layers=scan_layers)
+    config = make_config(args, variant, dtype, attention, remat, moments_dtype, scan_layers)
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "model": 1})
     mesh_lib.check_batch(batch, mesh)
     model = registry.build_mae(config)
@@ -309,6 +311,8 @@ def parse_args(argv=None):
   p.add_argument("--remat", default="none", help="none, full, dots")
   p.add_argument("--moments_dtype", default="float32",
                  help="Adam first-moment dtype(s): float32, bfloat16")
+  p.add_argument("--scan_layers", default="false",
+                 help="false, true (model.scan_layers: blocks as one nn.scan)")
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--channels", type=int, default=3)
   p.add_argument("--mask_ratio", type=float, default=0.75)
@@ -329,6 +333,10 @@ def parse_args(argv=None):
   p.add_argument("--out", default="", help="also append the JSON lines to this file")
   p.add_argument("--label", default="", help="free text stored in every row")
   return p.parse_args(argv)
+
+
+def _truth(value: str) -> bool:
+  return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _split(value: str, kind=str) -> list:
@@ -373,10 +381,12 @@ def main(argv=None) -> list[dict]:
                      dict(impl="hf_vitmae", batch=batch, dtype=dtype)))
     if not args.no_mae_jax:
       for setting in itertools.product(_split(args.attention), _split(args.remat),
-                                       _split(args.moments_dtype)):
+                                       _split(args.moments_dtype),
+                                       _split(args.scan_layers, _truth)):
         makers.append((lambda s=setting: MaeJaxRun(args, variant, batch, dtype, *s),
                        dict(impl="mae_jax", batch=batch, dtype=dtype, attention=setting[0],
-                            remat=setting[1], moments_dtype=setting[2])))
+                            remat=setting[1], moments_dtype=setting[2],
+                            scan_layers=setting[3])))
     hf_row = None
 
     def finish(result):

@@ -173,3 +173,42 @@ def test_paper_trends_sampling_sweep_report(tmp_path):
     old = trends.normalize(json.load(f))
   trends.write_report(old, str(tmp_path / "old"))
   assert "## (c) Norm-pix loss" in (tmp_path / "old" / "paper_trends.md").read_text()
+
+
+HLO = """\
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %ag = f32[32,8]{1,0} all-gather(%x), channel_id=1, replica_groups=mesh['data'=1,'fsdp'=8] {'fsdp'}, dimensions={0}
+  %ar = (f32[4,8]{1,0}, bf16[16]{0}) all-reduce(%a, %b), channel_id=2, replica_groups=[1,8]<=[8], to_apply=%add
+}
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  %c = pred[] compare(%i, %n), direction=LT
+}
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %w = (s32[], f32[4,8]{1,0}) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  %rs = f32[2,8]{1,0} reduce-scatter(%g), channel_id=3, replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}, to_apply=%add
+}
+"""
+
+
+def test_collective_bytes_counts_loop_bodies_by_trip_count():
+  cm = _load("compile_memory")
+  got = cm.collective_bytes(HLO)
+  # all-gather operand: the 32x8 f32 result over 8 devices, 12 times
+  assert got["all-gather"] == 12 * 32 * 8 * 4 // 8
+  # all-reduce: a 4x8 f32 and a 16-long bf16 operand, 12 times
+  assert got["all-reduce"] == 12 * (4 * 8 * 4 + 16 * 2)
+  # reduce-scatter operand: the 2x8 result times its group of 4, once
+  assert got["reduce-scatter"] == 2 * 8 * 4 * 4
+  assert got["all-to-all"] == got["collective-permute"] == 0
+
+
+def test_sizing_table_arithmetic():
+  sizing = _load("sizing")
+  # the paper: 1600 epochs of 1,281,167 images in 31 h on 64 TPU v3 chips at 123 TFLOP/s
+  rate, mfu = sizing.paper_mfu()
+  assert rate == pytest.approx(1600 * 1281167 / (31 * 3600))
+  assert mfu == pytest.approx(rate * 124.53e9 / (64 * 123e12), rel=1e-3)
+  # 8 H100 at 40% MFU on ViT-L/16
+  assert sizing.img_per_s("L/16", 989e12, 8, 0.4) == pytest.approx(0.4 * 8 * 989e12 / 124.53e9,
+                                                                   rel=1e-3)
+  assert "| 1 node, 8 x H200 |" in sizing.markdown(0.4)

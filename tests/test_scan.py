@@ -149,9 +149,15 @@ def test_llrd_update_of_scanned_params_equals_unscanned():
   got, state = tx_scan.update(sg, tx_scan.init(sp), sp)
   got, _ = tx_scan.update(sg, state, sp)
   assert_trees_close(stacking.per_block(got), want)
-  masks = optim.finetune_decay_mask(sp), optim.finetune_decay_mask(params)
-  assert stacking.per_block(masks[0]) == masks[1]
+  for mask in (optim.finetune_decay_mask, optim.decay_mask):
+    scanned = traverse_util.flatten_dict(mask(sp), sep="/")
+    per_block = traverse_util.flatten_dict(mask(params), sep="/")
+    for k, v in scanned.items():
+      names = ([f"blocks_{i}/{k.split('/', 1)[1]}" for i in range(3)]
+               if k.startswith("blocks/") else [k])
+      assert all(per_block[n] == v for n in names), k
   assert optim.decay_mask(sp)["blocks"]["norm1"]["scale"] is False
+  assert optim.decay_mask(sp)["blocks"]["mlp"]["fc1"]["kernel"] is True
 
 
 # ----------------------------------------------------------------- checkpoints
