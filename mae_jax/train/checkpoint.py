@@ -202,8 +202,7 @@ def convert_layout(state, abstract_state):
   """``state`` (read in the other block layout) as ``abstract_state`` lays it out: one
   jitted restack onto the target shardings (``mae_jax.models.stacking.convert``)."""
   shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
-  return jax.jit(lambda s: stacking.convert(s, abstract_state), out_shardings=shardings,
-                 donate_argnums=0)(state)
+  return jax.jit(lambda s: stacking.convert(s, abstract_state), out_shardings=shardings)(state)
 
 
 def _first_line(e: Exception) -> str:
