@@ -30,3 +30,34 @@ class CheckpointError(UserError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """Training produced a NaN/Inf loss or gradient norm."""
+
+
+class StorageError(UserError):
+  """A path that cannot be read or written: not a directory, read-only, full disk..."""
+
+
+# What to do about a failed write, by errno name.
+_REMEDY = {
+    "ENOSPC": "free space there or use another path",
+    "EDQUOT": "free space within your quota or use another path",
+    "EROFS": "the file system is read-only; choose a writable path",
+    "EACCES": "choose a path you may write to",
+    "EPERM": "choose a path you may write to",
+    "ENOTDIR": "a part of the path is a file, not a directory; choose another path",
+    "EEXIST": "choose another path",
+    "EISDIR": "it is a directory; give a file path",
+}
+
+
+def os_error_message(e: OSError, action: str = "write") -> str:
+  """One line for a failed file-system call: path, reason, errno name and a remedy."""
+  import errno as errno_lib
+  import os
+  name = errno_lib.errorcode.get(e.errno or 0, "")
+  reason = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+  path = e.filename if e.filename is not None else "a file"
+  if name == "EEXIST" and isinstance(e.filename, str) and os.path.isfile(e.filename):
+    reason = "it is a file, not a directory"
+  remedy = _REMEDY.get(name)
+  return (f"cannot {action} {path}: {reason}" + (f" ({name})" if name else "")
+          + (f"; {remedy}." if remedy else "."))

@@ -115,8 +115,14 @@ def write_bytes(p: PathLike, data: bytes) -> None:
       f.write(data)
     return
   tmp = f"{os.fspath(p)}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+  except OSError as e:  # e.g. a full disk; a failed write names no file by itself
+    e.filename = e.filename or os.fspath(p)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   os.replace(tmp, p)
 
 

@@ -34,6 +34,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   del argv
   common.setup_logging()
+  common.check_output(_OUT.value, "--out", directory=True)
   from mae_jax import analysis
   t = time.perf_counter()
   info = analysis.analyze_workdirs(

@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from mae_jax.errors import UserError
+from mae_jax.errors import StorageError, UserError, os_error_message
 
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
@@ -67,6 +67,11 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    if ("--config must have a value other than None" in str(e)
+        and any(a.startswith("--config=") for a in argv)):
+      print("error: the --config file's get_config(arg) returned None; it must return the "
+            "ConfigDict (every file in configs/ shows the form).", file=sys.stderr)
+      sys.exit(2)
     print(f"error: {_last_error_line(str(e))}", file=sys.stderr)
     sys.exit(2)
   except (OSError, SyntaxError, ImportError) as e:
@@ -85,20 +90,102 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def _verbose() -> bool:
+  """``--verbosity=1`` (or more): show the tracebacks behind ``error:`` lines."""
+  try:
+    return flags.FLAGS["verbosity"].value >= 1
+  except (KeyError, flags.Error):
+    return False
+
+
+def _exit_with(message: str, code: int):
+  if _verbose():
+    import traceback
+    traceback.print_exc()
+  # Finalise what a failed operation abandoned (e.g. coroutines of a checkpoint write
+  # whose event loop closed) while the interpreter is whole, not during its shutdown.
+  import gc
+  gc.collect()
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+  """The ``RuntimeError('Event loop is closed')`` a tensorstore future raises when it
+  completes after the operation that awaited it failed and closed its event loop."""
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+    return False
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and os.path.join("asyncio", "base_events.py") in \
+      tb.tb_frame.f_code.co_filename
+
+
+def quiet_unraisablehook(previous):
+  """``sys.unraisablehook`` that logs the stray closed-loop callbacks of a failed
+  checkpoint read or write at debug level (the failure itself is reported once, as
+  the ``error:`` line; tensorstore reports these as unraisable) and passes everything
+  else to ``previous``. ``--verbosity=1`` shows them all."""
+  def hook(unraisable):
+    if not _verbose() and _is_closed_loop_callback(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      logging.debug("ignored after a failed checkpoint operation: %s", unraisable.exc_value)
+      return
+    previous(unraisable)
+  return hook
+
+
 def guarded(main):
-  """Runs ``main``; a ``UserError`` becomes one line on stderr and exit status 2."""
+  """Runs ``main``; every failure a user or the machine can cause becomes one
+  ``error:`` line on stderr (the traceback too at ``--verbosity=1``).
+
+  Exit status 2 for a ``UserError`` (bad input, damaged or full storage named with
+  its path), 1 for another ``OSError``, 130 for a second Ctrl-C.
+  """
   @functools.wraps(main)
   def wrapper(argv):
+    sys.unraisablehook = quiet_unraisablehook(sys.unraisablehook)
     try:
       return main(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _exit_with(str(e), 2)
+    except OSError as e:  # the file system: unwritable, not a directory, full, ...
+      _exit_with(os_error_message(e, "access"), 1)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-      print("error: interrupted; the checkpoints already written are intact. Re-run the "
-            "same command to resume.", file=sys.stderr)
-      sys.exit(130)
+      _exit_with("interrupted; the checkpoints already written are intact. Re-run the "
+                 "same command to resume.", 130)
   return wrapper
+
+
+def check_output(path: str, flag: str, directory: bool) -> None:
+  """Fails now, before the long work, when ``path`` cannot be written.
+
+  ``directory``: the output is a directory (else a file). Creates nothing: a probe
+  file is made and removed in ``path`` or its nearest existing parent. Remote
+  (``gs://``) paths are not checked here.
+  """
+  if "://" in path:
+    return
+  path = os.path.abspath(path)
+  if directory and os.path.isfile(path):
+    raise StorageError(f"{flag}={path} is a file; it must be a directory (or a new path).")
+  if not directory and os.path.isdir(path):
+    raise StorageError(f"{flag}={path} is a directory; give a file path, e.g. "
+                       f"{os.path.join(path, 'out')}.")
+  parent = path if directory else os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise StorageError(f"{flag}={path} cannot be created: {parent} is a file, not a "
+                       "directory (ENOTDIR); choose another path.")
+  import tempfile
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".mae_jax-write-test-", dir=parent)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    e.filename = parent  # not the probe's name
+    raise StorageError(f"{flag}={path}: {os_error_message(e, 'write in')}") from None
 
 
 def init_distributed():
@@ -108,21 +195,40 @@ def init_distributed():
                          timeout_s=DISTRIBUTED_TIMEOUT.value)
 
 
+class _Quiet(logging.Filter):
+  """Console policy: no tracebacks, and no per-thread failure reports of a checkpoint
+  write, whose failure reaches the command and is reported once as the ``error:``
+  line. ``--verbosity=1`` shows everything."""
+
+  def filter(self, record):
+    if _verbose():
+      return True
+    if record.levelno >= logging.ERROR and (
+        "orbax" in record.pathname or record.name == "asyncio"):
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
 def setup_logging():
   logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout,
                       force=True)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_Quiet())
   for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def config_command(trainer: str, task: str | None = None, entry: str = "train_and_evaluate"):
+def config_command(trainer: str, task: str | tuple[str, ...] | None = None,
+                   entry: str = "train_and_evaluate"):
   """Flags ``--config``/``--workdir`` and a ``main`` running ``trainer.train_and_evaluate``.
 
-  For the trainers driven by a config file (pretrain, finetune, linprobe); call it
-  at import time of the command module, which is the only command module loaded.
-  ``task``: the ``config.task`` the command runs (a classifier config says which);
-  ``entry``: the function of ``trainer`` it calls with ``(config, workdir)``.
+  For the trainers driven by a config file (pretrain, finetune, linprobe, evaluate);
+  call it at import time of the command module, which is the only command module
+  loaded. ``task``: the ``config.task`` (or tasks) the command runs (a classifier
+  config says which); ``entry``: the function of ``trainer`` it calls with
+  ``(config, workdir)``.
   """
   from ml_collections import config_flags
   config = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -145,11 +251,13 @@ def config_command(trainer: str, task: str | None = None, entry: str = "train_an
       value.keys()  # a file that failed to load gives a stand-in that raises here
     except (OSError, SyntaxError, ImportError) as e:
       raise UserError(config_file_problem(e)) from None
-    if task is not None and value.get("task") != task:
+    tasks = (task,) if isinstance(task, str) else task
+    if tasks is not None and value.get("task") not in tasks:
       found = value.get("task")
       raise UserError(f"--config is {'a ' + found if found else 'not a classifier'} config, "
-                      f"not a {task} config; run `mae-jax {found or 'pretrain'}` with it, or "
-                      f"give a configs/{task}_*.py file.")
+                      f"not a {' or '.join(tasks)} config; run `mae-jax "
+                      f"{found or 'pretrain'}` with it, or give a "
+                      f"{' or '.join(f'configs/{t}_*.py' for t in tasks)} file.")
     setup_logging()
     init_distributed()
     import importlib

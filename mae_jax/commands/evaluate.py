@@ -7,4 +7,5 @@ the one the checkpoint was trained with); nothing else in the workdir changes.
 """
 from mae_jax.commands import common
 
-main = common.config_command("mae_jax.train.classifier", entry="evaluate")
+main = common.config_command("mae_jax.train.classifier", task=("finetune", "linprobe"),
+                             entry="evaluate")

@@ -32,6 +32,7 @@ def main(argv):
   import jax
   import mae_jax
   from mae_jax import export
+  common.check_output(_OUT.value, "--out", export.writes_directory(_FORMAT.value, _OUT.value))
   from mae_jax.export import classifier
   from mae_jax.train import checkpoint
   workdir, step = checkpoint.resolve(_WORKDIR.value)

@@ -47,6 +47,7 @@ def main(argv):
   if fileio.exists(fileio.join(workdir, checkpoint.CONFIG_FILE)) or fileio.exists(
       fileio.join(workdir, checkpoint.CHECKPOINT_DIR)):
     raise UserError(f"{workdir} already holds a workdir; import into a new --workdir.")
+  common.check_output(workdir, "--workdir", directory=True)
   from mae_jax import export
   from mae_jax.export import classifier
   sd, meta, notices = export.load_file(_IN.value, _FORMAT.value)

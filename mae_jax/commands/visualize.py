@@ -33,6 +33,9 @@ def main(argv):
   if extra and not _IMAGES.value:
     raise UserError(f"unexpected arguments {' '.join(extra)}; give image files with "
                            "--images a.jpg b.png ...")
+  if _NUM.value < 1:
+    raise UserError(f"--num_images={_NUM.value}: show at least 1 image.")
+  common.check_output(_OUT.value, "--out", directory=False)
   import jax
   import mae_jax
   from mae_jax import viz

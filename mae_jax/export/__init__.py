@@ -154,6 +154,12 @@ def torch_metadata(config, format: str) -> dict:
   return format_module(format).metadata(config)
 
 
+def writes_directory(format: str, out: str) -> bool:
+  """Whether ``save`` (or the classifier export) to ``out`` makes a directory."""
+  from mae_jax.export import timm
+  return format == "hf" or (format == "timm" and timm.is_local_dir(out))
+
+
 def save(params, config, format: str, out: str) -> list[str]:
   """Writes ``params`` in ``format`` to ``out``; returns the paths written.
 
@@ -447,8 +453,23 @@ def _fresh_decoder(model, config, seed: int) -> dict:
 
 
 def load_file(path: str, format: str) -> tuple[dict, dict | None, list[str]]:
-  """(state dict as NumPy, metadata JSON or None, notices) of a ``format`` file."""
-  return format_module(format).read(path)
+  """(state dict as NumPy, metadata JSON or None, notices) of a ``format`` file.
+
+  Refuses weights holding NaN or Inf, naming the tensors: a model built from them
+  would train or evaluate to NaN with no hint why.
+  """
+  sd, meta, notices = format_module(format).read(path)
+  bad = [(name, int(np.size(v) - np.count_nonzero(np.isfinite(v))))
+         for name, v in sd.items()
+         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+  if bad:
+    listed = ", ".join(f"{name} ({count} of {np.size(sd[name])} values)"
+                       for name, count in bad[:4])
+    more = f" and {len(bad) - 4} more tensors" if len(bad) > 4 else ""
+    raise CheckpointError(f"{path} holds non-finite weights (NaN or Inf) in {listed}{more}; "
+                          "refusing to import them. Export the weights again from a healthy "
+                          "checkpoint.")
+  return sd, meta, notices
 
 
 def import_file(path: str, format: str, config=None, *, image_size: int | None = None,
@@ -467,4 +488,5 @@ def import_file(path: str, format: str, config=None, *, image_size: int | None =
 
 
 __all__ = ["FORMATS", "Imported", "to_torch_state_dict", "from_torch_state_dict",
-           "torch_metadata", "save", "load_file", "import_file", "default_num_heads"]
+           "torch_metadata", "save", "load_file", "import_file", "default_num_heads",
+           "writes_directory"]

@@ -167,14 +167,30 @@ def load_tensors(path: str) -> Any:
           f"{path} contains a pickled Python object ({what}), not only tensors; refusing to "
           "unpickle it, since loading it could run arbitrary code. Re-save just the state "
           "dict (torch.save({'model': model.state_dict()}, ...)) or use safetensors.") from None
-    raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint "
-                          f"({text.splitlines()[0][:200] if text else 'unpickling failed'}).") \
-        from None
-  except (RuntimeError, EOFError, OSError, ValueError) as e:
-    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({first}); "
-                          "it is truncated, corrupt or not a torch.save file.") from None
+    raise _unreadable(path, _torch_reason(text)) from None
+  except Exception as e:  # torch raises KeyError, RuntimeError, EOFError... for junk
+    reason = "" if isinstance(e, KeyError) else (  # a KeyError names a stray byte
+        _torch_reason(str(e)) or type(e).__name__)
+    raise _unreadable(path, reason) from None
   return obj
+
+
+def _torch_reason(text: str) -> str:
+  """torch's own reason, without its advice to load with ``weights_only=False`` (which
+  would run any code the file holds: the one thing this reader refuses to do)."""
+  inner = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+  if inner:
+    return inner.group(1).strip()[:200]
+  lines = [l.strip() for l in text.splitlines()
+           if l.strip() and "weights_only" not in l and "Weights only load failed" not in l]
+  return lines[0][:200] if lines else ""
+
+
+def _unreadable(path: str, reason: str) -> CheckpointError:
+  return CheckpointError(
+      f"{path} cannot be read as a PyTorch checkpoint{f' ({reason})' if reason else ''}; it "
+      "is truncated, corrupt or not a torch.save file of tensors. (Files are read as tensors "
+      "only; pickled code is refused.)")
 
 
 def _load_safetensors(path: str) -> dict:

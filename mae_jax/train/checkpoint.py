@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -30,7 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mae_jax import fileio
-from mae_jax.errors import CheckpointError
+from mae_jax.errors import CheckpointError, StorageError, os_error_message
 from mae_jax.models import stacking
 
 CONFIG_FILE = "config.json"
@@ -76,6 +77,9 @@ class Checkpointer:
     self.with_data = with_data
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=handlers)
+    # Orbax removes what an interrupted save left behind in a background thread; wait
+    # for it, so a run that fails before its first save does not exit under it.
+    getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -90,8 +94,37 @@ class Checkpointer:
     if data_iterator is not None and self.with_data:
       import grain
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force,
-                             metrics=metrics)
+    with self._writing(step):
+      return self.manager.save(step, args=ocp.args.Composite(**items), force=force,
+                               metrics=metrics)
+
+  def _writing(self, step: int | None):
+    """Turns a failed write (disk full, read-only, ...) into one ``StorageError``
+    naming the path, the reason and the last good checkpoint."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+      try:
+        yield
+      except Exception as e:  # orbax/tensorstore wrap OS errors in several types
+        error = storage_error(e)
+        if error is None:
+          raise
+        if error.filename is None:
+          error.filename = str(self.directory)
+        try:  # what the failed save wrote is incomplete; free its space now
+          for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            tmp.rmtree()
+        except Exception:  # best effort; the next run's cleanup removes it too
+          pass
+        kept = [s for s in self.all_steps() if s != step]
+        last = (f"the last good checkpoint, {self.directory / str(max(kept))}, is intact"
+                if kept else "no checkpoint was written before")
+        which = f"The save of step {step}" if step is not None else "A checkpoint save"
+        raise StorageError(f"{os_error_message(error, 'write checkpoint')} {which} failed; "
+                           f"{last}.") from None
+    return guard()
 
   def best_step(self) -> int | None:
     """The kept step with the best ``keep_best`` metric (``None`` without metrics)."""
@@ -191,10 +224,12 @@ class Checkpointer:
     return state, step
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
     self.manager.close()
 
 
@@ -206,8 +241,31 @@ def convert_layout(state, abstract_state):
 
 
 def _first_line(e: Exception) -> str:
-  text = str(e).splitlines()[0][:200] if str(e) else ""
+  text = str(e).splitlines()[0] if str(e) else ""
+  text = text.split(" See full TensorStore details")[0][:200]
   return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def storage_error(e: BaseException) -> OSError | None:
+  """The ``OSError`` behind a failed write, also when tensorstore reports it as a
+  ``ValueError`` (``... local file "PATH" ... [os_error_code='28']``); else None."""
+  import errno
+  chain, err = [], e
+  while err is not None and len(chain) < 8:
+    chain.append(err)
+    err = err.__cause__ or err.__context__
+  number = next((x.errno for x in chain if isinstance(x, OSError) and x.errno), None)
+  path = next((x.filename for x in chain if isinstance(x, OSError) and x.filename), None)
+  for x in chain:
+    code = re.search(r"os_error_code='?(\d+)", str(x))
+    if number is None and code:
+      number = int(code.group(1))
+    found = re.search(r'(?:local )?file "([^"]+)"', str(x))
+    if path is None and found:
+      path = found.group(1)
+  if number is None:
+    return None
+  return OSError(number, os.strerror(number) if number in errno.errorcode else str(e), path)
 
 
 def _flat_shapes(tree) -> dict | None:
@@ -279,7 +337,7 @@ class WorkdirLock:
     try:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
     except OSError as e:
-      return f"cannot create the workdir {os.path.dirname(self.path)} ({e.strerror})."
+      return f"--workdir: {os_error_message(e, 'create the workdir')}"
     for _ in range(2):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -300,7 +358,7 @@ class WorkdirLock:
                 "would overwrite each other's checkpoints and metrics. Wait for it to end "
                 f"or use another --workdir; if no such run is alive, delete {self.path}.")
       except OSError as e:
-        return f"cannot write in the workdir {os.path.dirname(self.path)} ({e.strerror})."
+        return f"--workdir: {os_error_message(e, 'write in the workdir')}"
       with os.fdopen(fd, "w") as f:
         json.dump(me, f)
       self.held = True
@@ -439,6 +497,11 @@ def load(path: str, step: int | None = None, mesh=None) -> Loaded:
   workdir, path_step = resolve(path)
   step = step if step is not None else path_step
   config = read_config(workdir)
+  if "task" in config and "num_classes" in config:
+    raise CheckpointError(
+        f"{workdir} is a {config.task} workdir (a classifier), not an MAE; this needs a "
+        "pretraining workdir (mae-jax pretrain or mae-jax import). Classifier workdirs go "
+        "to mae-jax evaluate, export, finetune and linprobe (init_from).")
   model = registry.build_mae(config)
   ckpt = Checkpointer(workdir, with_data=False, async_save=False)
   try:

@@ -32,7 +32,7 @@ import time
 import jax
 import numpy as np
 
-from mae_jax import config_lib
+from mae_jax import config_lib, fileio
 from mae_jax.data import pipeline
 from mae_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mae_jax.parallel import memory as memory_lib
@@ -135,6 +135,8 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
                jax.device_count(), jax.process_count())
 
   # ------------------------------------------------------------------ workdir lock
+  if not train and not fileio.exists(workdir):
+    raise CheckpointError(f"{workdir} does not exist; give the workdir to evaluate.")
   lock = ckpt_lib.WorkdirLock(workdir, enabled=is_primary)
   lock.acquire_on_all_processes()
 
