@@ -119,7 +119,7 @@ def write_bytes(p: PathLike, data: bytes) -> None:
     with open(tmp, "wb") as f:
       f.write(data)
   except OSError as e:  # e.g. a full disk; a failed write names no file by itself
-    e.filename = e.filename or os.fspath(p)
+    e.filename = os.fspath(p)  # the file meant, not its temporary name
     if os.path.exists(tmp):
       os.remove(tmp)
     raise

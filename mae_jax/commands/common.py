@@ -150,7 +150,9 @@ def guarded(main):
     except UserError as e:
       _exit_with(str(e), 2)
     except OSError as e:  # the file system: unwritable, not a directory, full, ...
-      _exit_with(os_error_message(e, "access"), 1)
+      import errno
+      writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+      _exit_with(os_error_message(e, "write" if writing else "access"), 1)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
       _exit_with("interrupted; the checkpoints already written are intact. Re-run the "
                  "same command to resume.", 130)
