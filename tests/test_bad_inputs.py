@@ -17,7 +17,7 @@ shutdown (``sys.exit``), not ``os._exit``. Each child is thus a real process wit
 a fresh command, fresh flags and fresh JAX backend; only the imports are
 inherited. Two children run at a time, except that two runs that lock the same
 workdir never overlap. Only the cases a session collects run (``-k`` picks some).
-The whole file costs about 8 CPU-minutes (user + sys of pytest and its children,
+The whole file costs about 8-9 CPU-minutes (user + sys of pytest and its children,
 the good workdir's training included): most cases fail during validation in well
 under a second of CPU; those that build a model, restore a checkpoint or train
 (disk full) take seconds each. The broken copies of the good workdir (damaged,
@@ -295,6 +295,12 @@ CASES = [
                                  "--split=validation"), "validation"),
     case("visualize/damaged-checkpoint", ("visualize", "--workdir={damaged}",
                                           "--out={new}.png"), "cannot be read"),
+    # ------------------------------------------------------------ prepare
+    case("prepare/no-dataset-flag", ("prepare", "--data_dir={new}"), "--dataset"),
+    case("prepare/bad-file-format", ("prepare", "--dataset=mnist", "--data_dir={new}",
+                                     "--file_format=zip"), "zip"),
+    case("prepare/unknown-dataset", ("prepare", "--dataset=no_such_dataset_xyz",
+                                     "--data_dir={new}"), "no_such_dataset_xyz"),
     # ------------------------------------------------------------ analyze
     case("analyze/missing-workdir", ("analyze", "--workdir={tmp}/nowhere", "--out={new}"),
          "nowhere"),
