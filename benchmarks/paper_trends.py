@@ -126,7 +126,7 @@ def _common(config, mode, steps, threads):
 
 
 def run_point(point: dict, mode: dict, workdir: str, threads: int, seed: int) -> dict:
-  from mae_jax.train import classifier, pretrain
+  from mae_jax.train import classifier, metrics, pretrain
   m = mode["model"]
   encoder = {k: m[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
   t0 = time.time()
@@ -141,8 +141,7 @@ def run_point(point: dict, mode: dict, workdir: str, threads: int, seed: int) ->
   config.seed = seed
   pre_dir = os.path.join(workdir, "pretrain")
   pretrain.train_and_evaluate(config, pre_dir)
-  with open(os.path.join(pre_dir, "metrics.jsonl")) as f:
-    losses = [json.loads(line)["loss"] for line in f]
+  losses = [row["loss"] for row in metrics.training_rows(pre_dir)]
   t1 = time.time()
 
   config = _common(load_config("linprobe_fmnist"), mode, mode["probe_steps"], threads)

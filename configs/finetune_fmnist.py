@@ -53,8 +53,9 @@ def get_config(arg=None):
   c.optim.update(base_lr=4e-3, layer_decay=0.75, warmup_epochs=0, min_lr=1e-6)
   # Warmup is 5% of the run, also when --config.num_train_steps is overridden.
   c.optim.warmup_steps = c.get_ref("num_train_steps") // 20
-  # One evaluation, at the end (an epoch is longer than the run).
-  c.eval_every_steps = c.get_ref("num_train_steps")
+  # One evaluation, at the end (an epoch is longer than the run). Not a reference to
+  # num_train_steps: assigning to an alias would change the run's length too.
+  c.eval_every_steps = -1
   c.checkpoint.update(every_steps=500, keep=1)
   c.log_every_steps = 50
   return c

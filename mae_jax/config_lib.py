@@ -163,7 +163,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
   c.log_every_steps = 50
-  c.eval_every_steps = 0         # 0: once per epoch (and at the end)
+  c.eval_every_steps = 0         # 0: once per epoch, -1: only at the end (always at the end)
   c.seed = 0
   c.device_memory_gib = 0.0      # > 0: the memory check's device size (0: detected)
   c.profile = profile_defaults()

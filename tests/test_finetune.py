@@ -222,11 +222,13 @@ def test_fmnist_config_has_its_short_run_recipe_and_trains(tmp_path, fmnist_avai
           aug.label_smoothing, config.ema.enabled) == (0.0, 0.0, "none", 0.0, 0.0, 0.1, False)
   assert (config.batch_size, config.num_train_steps, config.optim.layer_decay) == (64, 600, 0.75)
   assert optim.peak_lr(config.optim, config.batch_size) == pytest.approx(1e-3)
-  assert (config.optim.warmup_steps, config.eval_every_steps) == (30, 600)
+  assert (config.optim.warmup_steps, config.eval_every_steps) == (30, -1)  # -1: at the end
   short = load_config("finetune_fmnist", "steps=200")
-  assert (short.optim.warmup_steps, short.eval_every_steps) == (10, 200)
-  short.num_train_steps = 60    # a command-line override moves both
-  assert (short.optim.warmup_steps, short.eval_every_steps) == (3, 60)
+  assert (short.optim.warmup_steps, short.num_train_steps) == (10, 200)
+  short.num_train_steps = 60    # a command-line override moves the warmup
+  assert short.optim.warmup_steps == 3
+  short.eval_every_steps = 20   # and this one only itself
+  assert (short.num_train_steps, short.eval_every_steps) == (60, 20)
 
   config = tiny_classifier("finetune", steps=2)
   result = classifier.train_and_evaluate(config, str(tmp_path))

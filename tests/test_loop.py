@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import load_config, tiny_classifier, tiny_overrides
+from conftest import load_config, tiny_classifier, tiny_overrides, training_rows
 from mae_jax import config_lib
 from mae_jax.errors import ConfigError, NonFiniteLossError
 from mae_jax.train import classifier, loop, optim
@@ -84,11 +84,6 @@ def _final_params(workdir, step=None):
   return traverse_util.flatten_dict(params, sep="/")
 
 
-def _metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if "loss" in line]
-
-
 def test_k_micro_batches_of_b_equal_one_batch_of_kb(tmp_path, fmnist_available):
   """Fine-tuning (LLRD AdamW, warmup + cosine) with 2 x 16 images per update gives
   the parameters of 32 images per update, and logs the lr it applies."""
@@ -105,8 +100,8 @@ def test_k_micro_batches_of_b_equal_one_batch_of_kb(tmp_path, fmnist_available):
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7, err_msg=name)
-  lr_a = [r["lr"] for r in _metrics(tmp_path / "accum")]
-  lr_b = [r["lr"] for r in _metrics(tmp_path / "plain")]
+  lr_a = [r["lr"] for r in training_rows(tmp_path / "accum")]
+  lr_b = [r["lr"] for r in training_rows(tmp_path / "plain")]
   assert len(lr_a) == 8 and len(lr_b) == 4
   np.testing.assert_allclose(lr_a[0::2], lr_b, rtol=1e-6)
   np.testing.assert_allclose(lr_a[1::2], lr_b, rtol=1e-6)
@@ -154,7 +149,7 @@ def test_metrics_hold_each_step_once_after_a_resume(tmp_path, fmnist_available):
     f.write(json.dumps({"step": 7, "loss": 1.0}) + "\n" + '{"step": 8, "lo')
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=10)
   pretrain.train_and_evaluate(config, str(tmp_path))
-  steps = [r["step"] for r in _metrics(tmp_path)]
+  steps = [r["step"] for r in training_rows(tmp_path)]
   assert steps == list(range(1, 11))
 
 
@@ -178,6 +173,47 @@ def test_configs_import_only_config_lib():
           assert [a.name for a in node.names] == ["config_lib"], name
       if isinstance(node, ast.Import):
         assert not any(a.name.startswith("mae_jax.") for a in node.names), name
+
+
+def _int_leaves(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _int_leaves(value, f"{prefix}{key}.")
+    elif isinstance(value, int) and not isinstance(value, bool):
+      yield prefix + key
+
+
+def test_no_shipped_config_field_is_an_alias_of_another():
+  """ml_collections: assigning to a field that holds ``get_ref(x)`` sets ``x``, so an
+  override of one (``--config.eval_every_steps=2``) would silently change the other
+  (the run's length). A field derived from another may follow it, never the reverse."""
+  from conftest import REPO
+  names = sorted(n[:-3] for n in os.listdir(os.path.join(REPO, "configs")) if n.endswith(".py"))
+  assert "finetune_fmnist" in names
+  for name in names:
+    leaves = list(_int_leaves(load_config(name)))
+    changes = {}
+    for leaf in leaves:
+      config = load_config(name)
+      before = {k: _get(config, k) for k in leaves}
+      _set(config, leaf, before[leaf] + 7)
+      changes[leaf] = {k for k in leaves if k != leaf and _get(config, k) != before[k]}
+    for leaf, followers in changes.items():
+      for other in followers:
+        assert leaf not in changes[other], (name, leaf, other)
+
+
+def _get(config, dotted):
+  for key in dotted.split("."):
+    config = config[key]
+  return config
+
+
+def _set(config, dotted, value):
+  *parents, last = dotted.split(".")
+  for key in parents:
+    config = config[key]
+  config[last] = value
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -239,9 +275,9 @@ def test_profile_window_writes_a_trace_and_changes_no_result(tmp_path, fmnist_av
                          "*.xplane.pb"))
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
   assert not os.path.exists(tmp_path / "plain" / "profile")
-  assert _metrics(tmp_path / "plain") == [
+  assert training_rows(tmp_path / "plain") == [
       {**row, "img_per_s": a["img_per_s"]}
-      for row, a in zip(_metrics(tmp_path / "profiled"), _metrics(tmp_path / "plain"))]
+      for row, a in zip(training_rows(tmp_path / "profiled"), training_rows(tmp_path / "plain"))]
 
 
 def test_classifier_commands_refuse_the_other_task_config(tmp_path):

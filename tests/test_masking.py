@@ -343,15 +343,14 @@ def masked_panel_patches(png_path, row, image_size, patch_size, scale):
 @pytest.mark.parametrize("strategy", IMAGE_STRATEGIES)
 def test_short_pretraining_with_each_strategy_shows_its_masks(tmp_path, fmnist_available,
                                                                strategy):
-  from conftest import load_config, tiny_overrides
+  from conftest import load_config, tiny_overrides, training_rows
   from mae_jax import viz
   from mae_jax.train import pretrain
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=2, batch=16)  # patch 7: 4x4
   config.model.masking = strategy
   config.eval_every_steps = 2
   pretrain.train_and_evaluate(config, str(tmp_path))
-  with open(tmp_path / "metrics.jsonl") as f:
-    losses = [row["loss"] for row in map(json.loads, f) if "loss" in row]  # train rows
+  losses = [row["loss"] for row in training_rows(tmp_path)]
   assert len(losses) == 2 and np.isfinite(losses).all()
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["model"]["masking"] == strategy

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_FLAGS, run_cli
+from conftest import REPO, TINY_FLAGS, run_cli, training_rows
 
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 # Faster XLA compiles on the CPU; both sides of every comparison use them.
@@ -43,12 +43,6 @@ def _launch(n, devices, args, tmp_path, timeout=300):
   return proc
 
 
-def _metrics(workdir):
-  """The training rows of metrics.jsonl (evaluation rows have no loss)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [row for row in map(json.loads, f) if "loss" in row]
-
-
 @pytest.fixture
 def compile_cache(tmp_path, monkeypatch):
   """One persistent compilation cache for the runs of a test: resumed runs reuse it."""
@@ -62,7 +56,7 @@ def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_availa
   eight = {"XLA_FLAGS": f"{FAST_XLA} --xla_force_host_platform_device_count=8"}
   ref, multi = tmp_path / "one_process", tmp_path / "two_processes"
   run_cli(*_pretrain(ref, 10), env=eight, check=True)
-  want = _metrics(ref)
+  want = training_rows(ref)
   mesh = ["--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.mesh.model=1"]
 
   _launch(2, 4, _pretrain(multi, 4, *mesh), tmp_path)
@@ -74,7 +68,7 @@ def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_availa
   proc = run_cli(*_pretrain(multi, 10), env=eight, check=True)  # 1 process continues
   assert "resumed from step 8" in proc.stdout
 
-  got = _metrics(multi)
+  got = training_rows(multi)
   assert [r["step"] for r in got] == list(range(1, 11))  # process 0 alone wrote them
   np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=RTOL)
   np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want],
@@ -120,7 +114,7 @@ def test_classifier_on_two_processes_equals_one_process(task, tmp_path, fmnist_a
   one, two = tmp_path / "one_process", tmp_path / "two_processes"
   run_cli(*_classifier(task, one, pretrained), env=eight, check=True)
   _launch(2, 4, _classifier(task, two, pretrained), tmp_path)
-  want, got = _metrics(one), _metrics(two)
+  want, got = training_rows(one), training_rows(two)
   assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
   for key in ("loss", "grad_norm", "param_norm"):
     np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-6,
@@ -217,10 +211,9 @@ def _finish(procs, logs, timeout=300):
 def _interrupt(procs, logs, workdir, after_step, target, signum):
   """Sends ``signum`` to process ``target`` once metrics.jsonl has passed ``after_step``;
   returns what ``_finish`` returns."""
-  import signal
   deadline = time.time() + 600
   while not (os.path.exists(workdir / "metrics.jsonl") and
-             any(r["step"] > after_step for r in _metrics(workdir))):
+             any(r["step"] > after_step for r in training_rows(workdir))):
     for proc, log in zip(procs, logs):
       assert proc.poll() is None, open(log).read()[-3000:]
     if time.time() > deadline:
@@ -284,7 +277,7 @@ def test_a_signal_to_one_process_stops_all_at_one_step_and_resumes_exactly(
 
   ref = tmp_path / "uninterrupted"
   _launch(2, 4, _pretrain(ref, total, *mesh), tmp_path, timeout=900)
-  got, want = _metrics(work), _metrics(ref)
+  got, want = training_rows(work), training_rows(ref)
   assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(1, total + 1))
   for key in ("loss", "grad_norm", "param_norm"):
     np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-6,

@@ -1,5 +1,4 @@
 """End to end on real Fashion-MNIST: loss falls, exact resume, SIGTERM, bad input."""
-import json
 import os
 import signal
 import subprocess
@@ -10,11 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_FLAGS, load_config, run_cli, tiny_overrides
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+from conftest import training_rows as read_metrics
 
 
 def test_loss_falls_and_workdir_is_complete(tmp_path, fmnist_available):

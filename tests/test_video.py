@@ -11,6 +11,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import training_rows  # noqa: E402
 from mae_jax import config_lib, export  # noqa: E402
 from mae_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from mae_jax.models import registry  # noqa: E402
@@ -143,7 +144,7 @@ def test_pretrain_moving_fmnist_end_to_end_and_resume(tmp_path, fmnist_available
     return c
 
   results = pretrain.train_and_evaluate(config(60), str(tmp_path / "full"))
-  rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+  rows = training_rows(tmp_path / "full")
   losses = [r["loss"] for r in rows]
   assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses
   assert os.path.exists(tmp_path / "full" / "recon" / "step_0000060.png")
@@ -151,5 +152,5 @@ def test_pretrain_moving_fmnist_end_to_end_and_resume(tmp_path, fmnist_available
     assert 0.0 <= results[key] <= 1.0, results
   pretrain.train_and_evaluate(config(4), str(tmp_path / "split"))
   pretrain.train_and_evaluate(config(60), str(tmp_path / "split"))
-  split = [json.loads(line) for line in open(tmp_path / "split" / "metrics.jsonl")]
+  split = training_rows(tmp_path / "split")
   np.testing.assert_array_equal([r["loss"] for r in split], losses)

@@ -347,8 +347,11 @@ class ClassifierTask:
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config
-    every = (int(c.eval_every_steps) if c.eval_every_steps
-             else config_lib.steps_per_epoch(c))
+    every = int(c.eval_every_steps)
+    if every == 0:
+      every = config_lib.steps_per_epoch(c)
+    elif every < 0:
+      every = 0  # only at the end
     if self.finetune:
       variables = lambda state: {"params": state.params}
       extra = {"ema": lambda state: {"params": state.ema.ema}} if self.ema_decay else {}

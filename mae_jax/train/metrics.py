@@ -35,6 +35,22 @@ def _rows_up_to(path: str, step: int) -> list[str]:
   return kept
 
 
+def training_rows(workdir: str) -> list[dict]:
+  """The training rows of ``workdir/metrics.jsonl``, one per logged step. Evaluation and
+  monitor rows (e.g. ``monitor/knn_top1``), written at the step they measured, have no
+  ``loss`` and are left out, as is a torn last line of a killed run."""
+  rows = []
+  with fileio.open(fileio.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if "loss" in row:
+        rows.append(row)
+  return rows
+
+
 class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
