@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import io
 import json
 import os
@@ -83,8 +84,10 @@ def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> np.nda
 
 
 def write_dataset(root: str, num_images: int, quality: int = 90, seed: int = 0,
-                  shape: tuple[int, int] = (375, 500)) -> dict:
-  """``root/jpeg/*.jpg`` and a TFDS ArrayRecord dataset under ``root/tfds``.
+                  shape: tuple[int, int] = (375, 500),
+                  file_format: str = "array_record") -> dict:
+  """``root/jpeg/*.jpg`` and a TFDS dataset of them under ``root/tfds`` (ArrayRecord;
+  ``file_format="tfrecord"``: TFDS's older default, which needs converting).
 
   Images are ``shape`` (height, width), every fourth one transposed (portrait).
   """
@@ -101,15 +104,18 @@ def write_dataset(root: str, num_images: int, quality: int = 90, seed: int = 0,
       f.write(buf.getvalue())
     sizes.append(len(buf.getvalue()))
     shapes.append((h, w))
-  _build_tfds(root)
+  _build_tfds(root, file_format)
   return {"num_images": num_images, "mean_kb": float(np.mean(sizes)) / 1000,
           "jpeg_quality": quality, "shapes": sorted(set(shapes))}
 
 
+@functools.cache
 def _builder_class():
+  """Defined once per process and not registered: every copy of this module (tests load
+  it from several places) builds the same dataset, which readers find by its folder."""
   import tensorflow_datasets as tfds
 
-  class MaeSyntheticJpeg(tfds.core.GeneratorBasedBuilder):
+  class MaeSyntheticJpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Synthetic ImageNet-like JPEGs for the input-pipeline benchmark."""
     name = DATASET
     VERSION = tfds.core.Version("1.0.0")
@@ -133,9 +139,9 @@ def _builder_class():
   return MaeSyntheticJpeg
 
 
-def _build_tfds(root: str):
+def _build_tfds(root: str, file_format: str = "array_record"):
   builder = _builder_class()(folder=os.path.join(root, "jpeg"),
-                             data_dir=os.path.join(root, "tfds"), file_format="array_record")
+                             data_dir=os.path.join(root, "tfds"), file_format=file_format)
   builder.download_and_prepare(
       download_config=__import__("tensorflow_datasets").download.DownloadConfig(
           verify_ssl=False))

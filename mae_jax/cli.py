@@ -19,7 +19,7 @@ COMMANDS = {
     "import": "Build a workdir from PyTorch weights.",
     "visualize": "Write a reconstruction grid PNG.",
     "analyze": "Measure the theory paper's claims on a trained model.",
-    "prepare": "Build a TFDS dataset (e.g. imagenet2012 from its archives).",
+    "prepare": "Build a TFDS dataset (e.g. imagenet2012 from its archives), or --convert one.",
 }
 
 

@@ -21,11 +21,13 @@ object whenever they flush (TensorFlow's own GCS writer does the same).
 """
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import logging
 import os
 import posixpath
+import shutil
 from typing import Any
 
 os.environ.setdefault("EPATH_USE_TF", "false")
@@ -35,6 +37,7 @@ from etils import epath  # noqa: E402  (after the backend choice above)
 logging.getLogger("fsspec").setLevel(logging.WARNING)  # one INFO line per file opened
 
 PathLike = str | os.PathLike
+_COPY_CHUNK = 16 << 20
 
 
 def is_remote(path: PathLike) -> bool:
@@ -124,6 +127,27 @@ def write_bytes(p: PathLike, data: bytes) -> None:
       os.remove(tmp)
     raise
   os.replace(tmp, p)
+
+
+def copy_to_local(src: PathLike, local: str) -> None:
+  """Streams ``src`` (local or remote) into the local file ``local``."""
+  with open(src, "rb") as f, builtins.open(local, "wb") as out:
+    shutil.copyfileobj(f, out, _COPY_CHUNK)
+
+
+def copy_from_local(local: str, dst: PathLike) -> None:
+  """Streams the local file ``local`` to ``dst``: complete or not at all, as
+  ``write_bytes``; a failed upload leaves nothing under ``dst``."""
+  tmp = dst if is_remote(dst) else f"{os.fspath(dst)}.tmp{os.getpid()}"
+  try:
+    with builtins.open(local, "rb") as f, open(tmp, "wb") as out:
+      shutil.copyfileobj(f, out, _COPY_CHUNK)
+  except BaseException:
+    if exists(tmp):
+      remove(tmp)
+    raise
+  if tmp != dst:
+    os.replace(tmp, dst)
 
 
 def write_text(p: PathLike, text: str) -> None:

@@ -22,6 +22,13 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
+def training_rows(workdir) -> list[dict]:
+  """The training rows of ``workdir/metrics.jsonl`` (evaluation and monitor rows have
+  no loss)."""
+  from mae_jax.train import metrics
+  return metrics.training_rows(str(workdir))
+
+
 def tiny_overrides(config, steps: int = 8, batch: int = 32):
   """Shrinks a Fashion-MNIST config to seconds on a CPU."""
   config.model.update(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
@@ -51,16 +58,17 @@ def tiny_classifier(name: str, steps: int = 4, batch: int = 32, init_from: str =
 _SYNTHETIC = {}
 
 
-def synthetic_jpeg_tfds(root: str, num_images: int = 12, shape=(48, 64)):
-  """``benchmarks/input_pipeline.py`` (the module) after it wrote a TFDS ArrayRecord
-  dataset of synthetic JPEGs under ``root/tfds``."""
+def synthetic_jpeg_tfds(root: str, num_images: int = 12, shape=(48, 64),
+                        file_format: str = "array_record"):
+  """``benchmarks/input_pipeline.py`` (the module) after it wrote a TFDS dataset of
+  synthetic JPEGs (the same for every call) under ``root/tfds``."""
   if "bench" not in _SYNTHETIC:  # once: its TFDS builder registers a dataset name
     spec = importlib.util.spec_from_file_location(
         "bench_input_pipeline", os.path.join(REPO, "benchmarks", "input_pipeline.py"))
     _SYNTHETIC["bench"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(_SYNTHETIC["bench"])
   bench = _SYNTHETIC["bench"]
-  bench.write_dataset(root, num_images, shape=shape)
+  bench.write_dataset(root, num_images, shape=shape, file_format=file_format)
   return bench
 
 

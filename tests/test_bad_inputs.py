@@ -301,6 +301,9 @@ CASES = [
                                      "--file_format=zip"), "zip"),
     case("prepare/unknown-dataset", ("prepare", "--dataset=no_such_dataset_xyz",
                                      "--data_dir={new}"), "no_such_dataset_xyz"),
+    case("prepare/convert-nothing-prepared", ("prepare", "--dataset=mnist",
+                                              "--data_dir={new}", "--convert"),
+         "no prepared mnist"),
     # ------------------------------------------------------------ analyze
     case("analyze/missing-workdir", ("analyze", "--workdir={tmp}/nowhere", "--out={new}"),
          "nowhere"),

@@ -292,3 +292,36 @@ def test_missing_dataset_in_a_bucket_is_one_clear_error(jpeg_dataset, gcs_module
   bench, _, _ = jpeg_dataset
   with pytest.raises(DataError, match="data_dir gs://.*is not available"):
     sources.TfdsSource(bench.DATASET, "train", gcs_module.path("empty"), False)
+
+
+def test_tfrecord_dataset_in_the_bucket_converts_to_the_array_record_one(
+    jpeg_dataset, gcs_module, tmp_path_factory):
+  """A dataset TFDS prepared as TFRecord (most existing buckets) is refused with the
+  command that fixes it; `mae-jax prepare --convert` on the bucket then gives the same
+  records, in the same order, as the dataset built as ArrayRecord."""
+  from mae_jax import fileio
+  from mae_jax.data import sources
+  from mae_jax.errors import DataError
+  bench, root, built = jpeg_dataset
+  old_root = str(tmp_path_factory.mktemp("jpeg_tfrecord"))
+  synthetic_jpeg_tfds(old_root, file_format="tfrecord")
+  remote = gcs_module.path("tfds_tfrecord")
+  upload(os.path.join(old_root, "tfds"), remote)
+  with pytest.raises(DataError, match=f"stored as tfrecord.*mae-jax prepare --dataset="
+                     f"{bench.DATASET} --data_dir={remote} --convert"):
+    sources.TfdsSource(bench.DATASET, "train", remote, False)
+  version_dir = fileio.join(remote, bench.DATASET, "1.0.0")
+  tfrecords = {n for n in fileio.glob(version_dir, "*") if ".tfrecord-" in n}
+  proc = cli("prepare", f"--dataset={bench.DATASET}", f"--data_dir={remote}", "--convert")
+  assert "converted" in proc.stdout and "train 12 examples" in proc.stdout, proc.stdout
+  names = set(fileio.glob(version_dir, "*"))
+  assert tfrecords and tfrecords <= names  # the TFRecord files stay
+  assert any(".array_record-" in n for n in names), names
+  converted = sources.TfdsSource(bench.DATASET, "train", remote, False)
+  reference = sources.TfdsSource(bench.DATASET, "train", built, False)
+  assert len(converted) == len(reference) == 12
+  for i in range(12):
+    assert converted[i]["image"].data == reference[i]["image"].data, i
+    assert converted[i]["label"] == reference[i]["label"], i
+  again = cli("prepare", f"--dataset={bench.DATASET}", f"--data_dir={remote}", "--convert")
+  assert "train 12 examples" in again.stdout  # already converted: nothing to do

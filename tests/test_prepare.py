@@ -144,3 +144,28 @@ def test_an_unprepared_dataset_names_the_prepare_command(tmp_path):
     sources.TfdsSource("imagenet2012", "train", str(tmp_path), download=False)
   assert (f"mae-jax prepare --dataset=imagenet2012 --data_dir={tmp_path}" in str(e.value)
           and "--manual_dir" in str(e.value))
+
+
+def test_convert_refuses_a_damaged_tfrecord_shard_and_changes_nothing(tmp_path):
+  """A truncated TFRecord shard stops `prepare --convert` with one line naming it; no
+  ArrayRecord file appears and dataset_info.json is byte-identical. Restored, the
+  shard converts, and an unprepared folder names the command that builds it."""
+  from conftest import synthetic_jpeg_tfds
+  bench = synthetic_jpeg_tfds(str(tmp_path), file_format="tfrecord")
+  data = str(tmp_path / "tfds")
+  version_dir = tmp_path / "tfds" / bench.DATASET / "1.0.0"
+  shard = next(p for p in version_dir.iterdir() if ".tfrecord-" in p.name)
+  info_before = (version_dir / "dataset_info.json").read_bytes()
+  whole = shard.read_bytes()
+  shard.write_bytes(whole[:len(whole) * 2 // 3])
+  line = _error_line(run_cli("prepare", f"--dataset={bench.DATASET}", f"--data_dir={data}",
+                             "--convert"))
+  assert shard.name in line and "the dataset is unchanged" in line, line
+  assert (version_dir / "dataset_info.json").read_bytes() == info_before
+  assert not [p for p in version_dir.iterdir() if ".array_record" in p.name]
+  shard.write_bytes(whole)
+  proc = run_cli("prepare", f"--dataset={bench.DATASET}", f"--data_dir={data}", "--convert")
+  assert proc.returncode == 0 and "train 12 examples" in proc.stdout, proc.stderr[-2000:]
+  line = _error_line(run_cli("prepare", f"--dataset={bench.DATASET}",
+                             f"--data_dir={tmp_path / 'none'}", "--convert"))
+  assert "no prepared" in line or "has no dataset" in line, line

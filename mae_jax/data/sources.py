@@ -127,15 +127,24 @@ class TfdsSource:
   def __init__(self, name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
     try:
-      builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+      builder = tfds.builder(name, data_dir=data_dir or None)
       if download and not builder.is_prepared():
+        builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
         builder.download_and_prepare(file_format="array_record")
       info = builder.info
+      if builder.is_prepared() and not (info.available_file_formats() &
+                                        set(tfds.core.FileFormat.with_random_access())):
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir or 'the default data_dir'} is stored as "
+            f"{info.file_format.value}, which has no random access: convert it once with "
+            f"`mae-jax prepare --dataset={name} --data_dir={data_dir or 'DIR'} --convert` "
+            "(adds ArrayRecord files beside it).")
       self._lazy_jpeg = (self.decode_jpeg_lazily and "image" in info.features and
                          getattr(info.features["image"], "encoding_format", None) == "jpeg")
       decoders = {"image": tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir or None,
-                                      download=False, decoders=decoders)
+      self._source = builder.as_data_source(split=split, decoders=decoders)
+    except DataError:
+      raise
     except Exception as e:  # tfds raises many types; they all mean "not usable"
       raise DataError(
           f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
