@@ -129,6 +129,28 @@ def write_bytes(p: PathLike, data: bytes) -> None:
   os.replace(tmp, p)
 
 
+def create_exclusive(p: PathLike, data: bytes) -> bool:
+  """Writes ``data`` to ``p`` only if no such file exists; ``False`` if one does. The
+  check and the write are one step: ``O_EXCL`` locally, the ``ifGenerationMatch=0``
+  precondition on Cloud Storage (gcsfs ``mode="create"``), so of two writers exactly
+  one succeeds."""
+  if is_remote(p):
+    import fsspec
+    fs, target = fsspec.core.url_to_fs(os.fspath(p))
+    try:
+      fs.pipe_file(target, data, mode="create")
+    except FileExistsError:
+      return False
+    return True
+  try:
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "wb") as f:
+    f.write(data)
+  return True
+
+
 def copy_to_local(src: PathLike, local: str) -> None:
   """Streams ``src`` (local or remote) into the local file ``local``."""
   with open(src, "rb") as f, builtins.open(local, "wb") as out:

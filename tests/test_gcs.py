@@ -101,6 +101,37 @@ def test_workdir_files_go_to_the_bucket_not_a_local_folder(gcs, tmp_path, monkey
       (1, 2.0), (2, 1.25)]
 
 
+def test_workdir_lock_on_gcs_excludes_a_second_run_and_takes_over_a_dead_ones(gcs):
+  """The lock is one exclusive create on the bucket: of 8 writers racing exactly one
+  wins; a second run is refused naming the holder; a lock whose pid is gone on this
+  host is taken over; release removes it."""
+  import concurrent.futures
+  import socket
+  from mae_jax import fileio
+  from mae_jax.train.checkpoint import LOCK_FILE, WorkdirLock
+  race = gcs.path("race", "x")
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    won = list(pool.map(lambda i: fileio.create_exclusive(race, str(i).encode()), range(8)))
+  assert sum(won) == 1 and fileio.read_text(race) == str(won.index(True))
+
+  workdir = gcs.path("locked")
+  first, second = WorkdirLock(workdir), WorkdirLock(workdir)
+  assert first.acquire() is None and fileio.exists(fileio.join(workdir, LOCK_FILE))
+  why = second.acquire()
+  assert why and f"pid {os.getpid()} on {socket.gethostname()}" in why and workdir in why
+  first.release()
+  assert not fileio.exists(fileio.join(workdir, LOCK_FILE))
+
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  fileio.write_json(fileio.join(workdir, LOCK_FILE),
+                    {"host": socket.gethostname(), "pid": dead.pid, "since": "earlier"})
+  assert second.acquire() is None and second.held
+  holder = json.loads(fileio.read_text(fileio.join(workdir, LOCK_FILE)))
+  assert holder["pid"] == os.getpid()
+  second.release()
+
+
 # ----------------------------------------------------------------- pretraining on gs://
 
 

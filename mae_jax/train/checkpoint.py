@@ -316,14 +316,15 @@ class WorkdirLock:
 
   A second run on a workdir in use stops with one line naming the holder (two runs
   would interleave their metrics and race their checkpoint managers). A lock left
-  by a killed process on this host is detected (its pid is gone) and taken over.
-  Remote (``gs://``) workdirs are not locked: object stores have no exclusive
-  create here, and a lock that cannot exclude would only mislead.
+  by a killed process on the same host (its pid is gone) is taken over; a preempted
+  VM that comes back under its host name does the same. The lock is taken with one
+  exclusive create, locally and on ``gs://`` (Cloud Storage's ``ifGenerationMatch=0``),
+  so of two runs started together exactly one proceeds.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, LOCK_FILE)
-    self.enabled = enabled and not fileio.is_remote(workdir)
+    self.path = fileio.join(workdir, LOCK_FILE)
+    self.enabled = enabled
     self.held = False
 
   def acquire(self) -> str | None:
@@ -335,34 +336,30 @@ class WorkdirLock:
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      fileio.makedirs(fileio.dirname(self.path))
     except OSError as e:
       return f"--workdir: {os_error_message(e, 'create the workdir')}"
     for _ in range(2):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+        if fileio.create_exclusive(self.path, json.dumps(me).encode()):
+          self.held = True
+          return None
         try:
-          with open(self.path) as f:
-            holder = json.load(f)
+          holder = json.loads(fileio.read_text(self.path))
         except (OSError, ValueError):
           holder = {}
         if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
           logging.warning("taking over %s left by pid %s, which is no longer running",
                           self.path, holder.get("pid"))
-          os.remove(self.path)
+          fileio.remove(self.path)
           continue
-        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-               if holder else "another run")
-        return (f"{os.path.dirname(self.path)} is in use by {who}; two runs on one workdir "
-                "would overwrite each other's checkpoints and metrics. Wait for it to end "
-                f"or use another --workdir; if no such run is alive, delete {self.path}.")
       except OSError as e:
         return f"--workdir: {os_error_message(e, 'write in the workdir')}"
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-      self.held = True
-      return None
+      who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+             if holder else "another run")
+      return (f"{fileio.dirname(self.path)} is in use by {who}; two runs on one workdir "
+              "would overwrite each other's checkpoints and metrics. Wait for it to end "
+              f"or use another --workdir; if no such run is alive, delete {self.path}.")
     return f"cannot take the lock {self.path}."
 
   def acquire_on_all_processes(self) -> None:
@@ -380,7 +377,7 @@ class WorkdirLock:
   def release(self) -> None:
     if self.held:
       try:
-        os.remove(self.path)
+        fileio.remove(self.path)
       except FileNotFoundError:
         pass
       self.held = False
