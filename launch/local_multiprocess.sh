@@ -16,11 +16,13 @@
 #   --dry-run                print the commands, run nothing
 # The command is run as ${MAE_JAX:-mae-jax} (e.g. MAE_JAX="python -m mae_jax").
 # Process 0 writes to this terminal. Exits with the first non-zero status of any
-# process, after stopping the others; 0 when all succeed.
+# process, after stopping the others; 0 when all succeed. Ctrl-C or SIGTERM to this
+# script sends SIGTERM to every process (mae-jax saves a checkpoint at the same step
+# on all of them) and waits for them to finish before exiting with 130.
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   exit 2
 }
 
@@ -76,13 +78,20 @@ export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 
 pids=()
 # shellcheck disable=SC2317  # called from the trap
-cleanup() {
+stop_and_wait() {
+  trap '' INT TERM  # a second Ctrl-C must not cut the checkpoint short
+  echo "# $1: asking every process to save and stop; waiting for them" >&2
   local pid
   for pid in "${pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  exit 130
 }
-trap 'cleanup; exit 130' INT TERM
+trap 'stop_and_wait interrupted' INT
+trap 'stop_and_wait terminated' TERM
 
 echo "# ${num_processes} processes x ${devices} CPU devices, coordinator 127.0.0.1:${port}, logs in ${log_dir}"
 for ((i = 0; i < num_processes; i++)); do

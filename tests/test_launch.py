@@ -298,3 +298,42 @@ def test_sbatch_gives_each_node_task_all_its_gpus(tmp_path):
   assert last.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1")
   assert "mae-jax pretrain --config=configs/pretrain_imagenet.py:variant=L/16" in last
   assert last.endswith("JAX_LOCAL_DEVICE_IDS=0,1,2,3")
+
+
+def test_local_launcher_on_ctrl_c_waits_for_every_process_to_save(tmp_path):
+  """Ctrl-C to launch/local_multiprocess.sh: every process gets SIGTERM (mae-jax's
+  save-and-stop signal) and the launcher exits 130 only after all of them have
+  finished; a process taking its time to save is not cut short."""
+  import signal
+  import sys
+  import time
+  fake = tmp_path / "fake_mae_jax.py"
+  fake.write_text(
+      "import signal, sys, time, pathlib\n"
+      "pid = [a for a in sys.argv if a.startswith('--process_id=')][0].split('=')[1]\n"
+      "out = pathlib.Path(sys.argv[1])\n"
+      "def save(*_):\n"
+      "  time.sleep(1.5)  # a checkpoint being written\n"
+      "  (out / f'saved_{pid}').write_text('ok')\n"
+      "  sys.exit(0)\n"
+      "signal.signal(signal.SIGTERM, save)\n"
+      "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+      "(out / f'started_{pid}').write_text('ok')\n"
+      "while True: time.sleep(0.1)\n")
+  env = _clean_env(MAE_JAX=f"{sys.executable} {fake}")
+  with open(tmp_path / "launcher.log", "w") as log:
+    proc = subprocess.Popen(["bash", "launch/local_multiprocess.sh", f"--log_dir={tmp_path}",
+                             "2", str(tmp_path)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 60
+  while not all((tmp_path / f"started_{i}").exists() for i in range(2)):
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C
+  proc.wait(timeout=60)
+  saved = [(tmp_path / f"saved_{i}").exists() for i in range(2)]  # when the launcher ended
+  out = (tmp_path / "launcher.log").read_text()
+  assert proc.returncode == 130 and saved == [True, True], out
+  assert "waiting for them" in out
