@@ -272,6 +272,31 @@ def test_linprobe_from_a_bucket_workdir_into_a_bucket_workdir(gcs_module, pretra
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the encoder is frozen
 
 
+def test_finetune_from_a_bucket_workdir_into_a_bucket_workdir_and_resume(gcs_module,
+                                                                        pretrained):
+  """Fine-tuning reads init_from from the bucket, keeps its best and latest checkpoints
+  there, resumes from it, and `mae-jax evaluate` scores it from the bucket."""
+  from mae_jax import fileio
+  ft = gcs_module.path("finetune")
+  flags = ["--config.model.embed_dim=32", "--config.model.depth=1",
+           "--config.model.num_heads=2", "--config.model.patch_size=7",
+           "--config.batch_size=32", "--config.data.eval_max_examples=64",
+           "--config.log_every_steps=1", "--config.checkpoint.every_steps=2",
+           f"--config.init_from={pretrained}"]
+  cli("finetune", "--config=configs/finetune_fmnist.py:steps=4", f"--workdir={ft}",
+      "--config.num_train_steps=2", *flags)
+  proc = cli("finetune", "--config=configs/finetune_fmnist.py:steps=4", f"--workdir={ft}",
+             *flags)
+  assert "resumed from step 2" in proc.stdout, proc.stdout[-2000:]
+  saved = json.loads(fileio.read_text(fileio.join(ft, "eval.json")))
+  assert saved["step"] == 4 and saved["best_checkpoint"].startswith("gs://")
+  assert [r["step"] for r in read_rows(fileio.join(ft, "metrics.jsonl"))
+          if "loss" in r] == [1, 2, 3, 4]
+  cli("evaluate", "--config=configs/finetune_fmnist.py:steps=4", f"--workdir={ft}", *flags)
+  scored = json.loads(fileio.read_text(fileio.join(ft, "eval.json")))
+  assert (scored["step"], scored["top1"]) == (4, saved["top1"])
+
+
 def test_analysis_report_goes_to_the_bucket(gcs_module, pretrained):
   from mae_jax import fileio
   out = gcs_module.path("analysis")

@@ -350,8 +350,8 @@ class ClassifierTask:
     every = int(c.eval_every_steps)
     if every == 0:
       every = config_lib.steps_per_epoch(c)
-    elif every < 0:
-      every = 0  # only at the end
+    elif every < 0:  # only at the end: at the last step, where the best one is kept
+      every = loop.total_steps(c)[0]
     if self.finetune:
       variables = lambda state: {"params": state.params}
       extra = {"ema": lambda state: {"params": state.ema.ema}} if self.ema_decay else {}
