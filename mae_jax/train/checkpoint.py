@@ -43,6 +43,26 @@ def _grain_handler():
   return grain.checkpoint.CheckpointHandler()
 
 
+def use_coordination_service_barriers() -> None:
+  """Orbax's barriers between processes through JAX's coordination service.
+
+  By default Orbax syncs processes with ``sync_global_devices``: a device program with a
+  collective, which it also runs from the background thread that finalizes an async
+  save. Meanwhile the training thread runs its own collective programs, and two
+  processes can start the two in different orders and wait for each other forever
+  (seen: a 2-process CPU run hung at its last step, right after an async save). The
+  coordination service's barrier involves no device. Needs parsed absl flags (every
+  ``mae-jax`` command); with one process there is nothing to sync.
+  """
+  if jax.process_count() == 1:
+    return
+  from absl import flags
+  try:
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+  except (AttributeError, flags.Error):  # an Orbax without the flag, or unparsed flags
+    logging.warning("Orbax's process barriers stay device collectives in this setup")
+
+
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` with the items of a run.
 
@@ -54,6 +74,7 @@ class Checkpointer:
                async_save: bool = True, with_data: bool = True,
                keep_best: str | None = None):
     from orbax.checkpoint import checkpoint_managers
+    use_coordination_service_barriers()
     self.directory = fileio.absolute(workdir) / CHECKPOINT_DIR
     if keep < 1:
       raise CheckpointError(f"checkpoint.keep={keep} must be >= 1.")
@@ -455,6 +476,7 @@ def restore_parts(workdir: str, step: int | None, sharding, keys=("params",)
   (e.g. ``params``, ``batch_stats``), laid out by ``sharding`` while read, in the
   per-block layout (``blocks_{i}``) whichever ``model.scan_layers`` wrote them."""
   directory = fileio.absolute(workdir) / CHECKPOINT_DIR
+  use_coordination_service_barriers()
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
                                                       create=False),

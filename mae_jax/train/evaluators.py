@@ -32,6 +32,22 @@ from mae_jax.train import step as step_lib
 EVAL_FILE = "eval.json"
 
 
+def in_order(x):
+  """``x`` once computed, in a multi-process run on the CPU backend; ``x`` otherwise.
+
+  The evaluators call one jitted program per batch, and calls with no data dependency
+  on each other may be in flight together. Waiting for each keeps the collective
+  programs of every process in one order on the CPU backend, where a 2-process run was
+  seen to hang in the k-NN monitor (that hang's cause was most likely Orbax's
+  background barrier, see ``checkpoint.use_coordination_service_barriers``; this is the
+  cheap second guard). Accelerators run a device's programs in issue order and keep
+  their pipelining.
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    return jax.block_until_ready(x)
+  return x
+
+
 class EvalLog:
   """``W/eval.json``: the latest results, a history and the best of one metric."""
 
@@ -292,10 +308,11 @@ class KnnMonitor:
     """``(features, labels, valid)`` of a split, each ``[chunks, rows, ...]``, sharded."""
     features, labels, valid = [], [], []
     for images, y, v in split:
-      features.append(self._features(params, images))
+      features.append(in_order(self._features(params, images)))
       labels.append(y)
       valid.append(v)
-    return self._stack(features), self._stack_rows(labels), self._stack_rows(valid)
+    return (in_order(self._stack(features)), in_order(self._stack_rows(labels)),
+            in_order(self._stack_rows(valid)))
 
   def run(self, state, step: int) -> dict:
     t0 = time.time()
@@ -356,7 +373,7 @@ class Classification:
     total = None
     with jax.set_mesh(self.mesh), sharding_lib.logical_rules():
       for arrays in self.split:
-        c = self._counts(variables, *arrays)
+        c = in_order(self._counts(variables, *arrays))
         total = c if total is None else total + c
     top1, top5, n = (int(v) for v in jax.device_get(total))
     return {"top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "num_examples": n}
