@@ -321,19 +321,31 @@ def test_local_launcher_on_ctrl_c_waits_for_every_process_to_save(tmp_path):
       "(out / f'started_{pid}').write_text('ok')\n"
       "while True: time.sleep(0.1)\n")
   env = _clean_env(MAE_JAX=f"{sys.executable} {fake}")
+  def as_from_a_terminal():
+    # A shell cannot trap a signal ignored when it starts, and pytest-xdist's workers
+    # ignore SIGINT; a terminal's shell does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.setsid()  # its own process group, so leftovers can be killed below
+
   with open(tmp_path / "launcher.log", "w") as log:
     proc = subprocess.Popen(["bash", "launch/local_multiprocess.sh", f"--log_dir={tmp_path}",
                              "2", str(tmp_path)], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-  deadline = time.monotonic() + 60
-  while not all((tmp_path / f"started_{i}").exists() for i in range(2)):
-    assert proc.poll() is None and time.monotonic() < deadline
-    time.sleep(0.1)
-  proc.send_signal(signal.SIGINT)
-  time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C
-  proc.wait(timeout=60)
-  saved = [(tmp_path / f"saved_{i}").exists() for i in range(2)]  # when the launcher ended
+                            stderr=subprocess.STDOUT, preexec_fn=as_from_a_terminal)
+  try:
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"started_{i}").exists() for i in range(2)):
+      assert proc.poll() is None and time.monotonic() < deadline
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C
+    proc.wait(timeout=60)
+    saved = [(tmp_path / f"saved_{i}").exists() for i in range(2)]  # when it ended
+  finally:
+    try:
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
   out = (tmp_path / "launcher.log").read_text()
   assert proc.returncode == 130 and saved == [True, True], out
   assert "waiting for them" in out
