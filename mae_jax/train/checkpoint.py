@@ -397,10 +397,7 @@ class WorkdirLock:
 
   def release(self) -> None:
     if self.held:
-      try:
-        fileio.remove(self.path)
-      except FileNotFoundError:
-        pass
+      fileio.remove(self.path)  # already gone is fine
       self.held = False
 
 

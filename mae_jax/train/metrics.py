@@ -23,32 +23,30 @@ from mae_jax import fileio
 REMOTE_FLUSH_SECONDS = 30.0
 
 
-def _rows_up_to(path: str, step: int) -> list[str]:
-  kept = []
+def _parsed_rows(path: str):
+  """``(line, row)`` for each line of a ``metrics.jsonl`` that parses as a row with a
+  step; a torn last line of a killed run is skipped."""
   with fileio.open(path) as f:
     for line in f:
       try:
-        if json.loads(line)["step"] <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-      except (ValueError, KeyError, TypeError):
-        continue  # a torn last line of a killed run
-  return kept
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+        yield line, row
+
+
+def _rows_up_to(path: str, step: int) -> list[str]:
+  return [line if line.endswith("\n") else line + "\n"
+          for line, row in _parsed_rows(path) if row["step"] <= step]
 
 
 def training_rows(workdir: str) -> list[dict]:
   """The training rows of ``workdir/metrics.jsonl``, one per logged step. Evaluation and
   monitor rows (e.g. ``monitor/knn_top1``), written at the step they measured, have no
   ``loss`` and are left out, as is a torn last line of a killed run."""
-  rows = []
-  with fileio.open(fileio.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if "loss" in row:
-        rows.append(row)
-  return rows
+  return [row for _, row in _parsed_rows(fileio.join(workdir, "metrics.jsonl"))
+          if "loss" in row]
 
 
 class MetricWriter:
