@@ -45,10 +45,13 @@ def video_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
                    num_frames: int = 16) -> ml_collections.ConfigDict:
   """Turns a pretraining config into a video one (MAE-ST): ``t x p x p`` spacetime
   patches, 90% spacetime-agnostic random masking, no cls token, clips of
-  ``data.video.num_frames`` frames (``data.image_size`` is the frame size)."""
+  ``data.video.num_frames`` frames (``data.image_size`` is the frame size) taken every
+  ``stride`` frames of a TFDS video (feature ``video_key``, label ``label_key``;
+  ``mae_jax.data.video``). ``seed`` and ``num_items`` shape moving Fashion-MNIST."""
   c.model.update(tubelet_size=tubelet_size, mask_ratio=0.9, use_cls_token=False)
   c.data.video = ml_collections.ConfigDict(dict(num_frames=num_frames, stride=4, seed=0,
-                                                num_items=1))
+                                                num_items=1, video_key="video",
+                                                label_key="label"))
   c.probe.features = "mean"
   return c
 
@@ -104,7 +107,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3,
-      mean=(), std=(), num_threads=8, skip_corrupt=False,
+      mean=(), std=(), num_threads=8, skip_corrupt=False, repeated_sampling=1,
       augment=dict(rrc_scale=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3),
                    rrc_sampler="torchvision", rrc_backend="pil", hflip=True)))
   c.batch_size = 4096
@@ -205,5 +208,8 @@ def shrink_classifier_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.Co
 
 
 def steps_per_epoch(config) -> int:
+  """Batches in one pass over ``data.split`` (``data.repeated_sampling`` times its size)."""
+  from mae_jax.data.pipeline import repeated_sampling
   from mae_jax.data.sources import open_source
-  return max(1, len(open_source(config.data, config.data.split)) // config.batch_size)
+  examples = len(open_source(config.data, config.data.split)) * repeated_sampling(config.data)
+  return max(1, examples // config.batch_size)

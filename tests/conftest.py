@@ -1,4 +1,5 @@
 """Tests run on the CPU with tiny models; multi-device tests start subprocesses."""
+import functools
 import importlib.util
 import os
 import subprocess
@@ -8,6 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mae_jax  # noqa: E402,F401  (chooses the gs:// client before any test touches a path)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +72,65 @@ def synthetic_jpeg_tfds(root: str, num_images: int = 12, shape=(48, 64),
   bench = _SYNTHETIC["bench"]
   bench.write_dataset(root, num_images, shape=shape, file_format=file_format)
   return bench
+
+
+SYNTHETIC_VIDEO = "mae_synthetic_video"
+
+
+def synthetic_frames(clip: int, length: int, shape=(16, 20)) -> np.ndarray:
+  """uint8 ``[length, H, W, 3]``: channel 0 of frame ``f`` is ``f`` everywhere and
+  channel 1 is ``clip``, so a clip's frames survive any crop and resize with their
+  index readable; channel 2 is a pattern of the position alone, the same in every
+  frame, so equal channels 2 mean the same crop and flip."""
+  h, w = shape
+  yy, xx = np.mgrid[:h, :w]
+  pattern = ((37 * xx + 11 * yy * yy + 5 * clip) % 251).astype(np.uint8)
+  frames = np.empty((length, h, w, 3), np.uint8)
+  frames[..., 0] = np.arange(length, dtype=np.uint8)[:, None, None]
+  frames[..., 1] = clip
+  frames[..., 2] = pattern
+  return frames
+
+
+@functools.cache
+def _video_builder_class():
+  import tensorflow_datasets as tfds
+
+  class MaeSyntheticVideo(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Clips of ``synthetic_frames`` with label ``clip % 3``: PNG frames, no ffmpeg."""
+    name = SYNTHETIC_VIDEO
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, lengths=(), test_lengths=(), shape=(16, 20), **kwargs):
+      self._lengths, self._test_lengths, self._shape = lengths, test_lengths, shape
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "video": tfds.features.Video(shape=(None, *self._shape, 3)),
+          "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(self._lengths),
+              "test": self._generate_examples(self._test_lengths)}
+
+    def _generate_examples(self, lengths):
+      for clip, length in enumerate(lengths):
+        yield clip, {"video": synthetic_frames(clip, length, self._shape),
+                     "label": clip % 3}
+
+  return MaeSyntheticVideo
+
+
+def synthetic_video_tfds(data_dir: str, lengths, test_lengths=(5, 9), shape=(16, 20)):
+  """Builds the ``mae_synthetic_video`` TFDS dataset (ArrayRecord) in ``data_dir``:
+  clip ``i`` of split train has ``lengths[i]`` frames of ``synthetic_frames(i, ...)``."""
+  import tensorflow_datasets as tfds
+  builder = _video_builder_class()(lengths=tuple(lengths), test_lengths=tuple(test_lengths),
+                                   shape=shape, data_dir=data_dir,
+                                   file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  return SYNTHETIC_VIDEO
 
 
 TINY_FLAGS = [

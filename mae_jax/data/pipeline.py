@@ -17,6 +17,12 @@ devices hold (``rows``; by default the contiguous block ``process_index`` of
 two processes with 4 each train on the same images, and the iterator state (the
 number of global batches read) means the same in both.
 
+With ``data.repeated_sampling = R`` (MAE-ST's ``repeat_aug``, DeiT's repeated
+augmentation) every example of the shuffled stream is read ``R`` times in a row,
+each copy with its own augmentation (for a clip: its own window, crop and flip); the
+copies count toward the batch, and an epoch (``config_lib.steps_per_epoch``) is one
+pass over the examples, ``R`` times as many batches.
+
 Every task reads through ``train_iterator``; what differs between tasks is the
 per-record augmentation, passed in as a transform factory (``train_transform`` for
 pretraining and the linear probe, ``finetune_augment.train_transform`` for
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import types
 
@@ -195,6 +202,40 @@ class _GlobalBatchRows(grain.MapDataset):
     return f"GlobalBatchRows(global_batch={self._global_batch}, rows={len(self._rows)})"
 
 
+class _RepeatEach(grain.MapDataset):
+  """Element ``i`` is element ``i // repeats`` of the parent: every element ``repeats``
+  times in a row (repeated sampling; ``random_map`` after it draws a new RNG for each)."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, repeats: int):
+    super().__init__(parent)
+    self._repeats = int(repeats)
+
+  def __len__(self) -> int:
+    return min(len(self._parent) * self._repeats, sys.maxsize)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[index // self._repeats]
+
+  def __str__(self) -> str:
+    return f"RepeatEach(repeats={self._repeats})"
+
+
+def repeated_sampling(data_config, global_batch: int | None = None) -> int:
+  """``data.repeated_sampling`` (1 without the key), checked against the batch size."""
+  repeats = data_config.get("repeated_sampling", 1)
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise ConfigError(f"data.repeated_sampling={repeats!r} must be an integer >= 1.")
+  if global_batch is not None and global_batch % repeats:
+    raise ConfigError(f"batch_size={global_batch} is not a multiple of "
+                      f"data.repeated_sampling={repeats}: the copies of a clip share a "
+                      "batch.")
+  return repeats
+
+
 def _checked_rows(rows, global_batch: int) -> tuple[int, ...]:
   rows = tuple(int(r) for r in rows)
   if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= global_batch:
@@ -229,11 +270,15 @@ def train_dataset(data_config, *, global_batch: int, seed: int, process_index: i
   if len(source) < global_batch:
     raise DataError(f"{source.name} has {len(source)} examples, fewer than one batch of "
                     f"{global_batch}.")
+  repeats = repeated_sampling(data_config, global_batch)
   records = Records(source, data_config.get("skip_corrupt", False))
   fn = transform(data_config, mean, std)
-  # the global stream: shuffled indices, each read and augmented with its own RNG
-  ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat().random_map(
-      lambda index, rng: records.get_or_next(index, fn, rng))
+  # the global stream: shuffled indices (each `repeats` times in a row), each read and
+  # augmented with its own RNG
+  ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+  if repeats > 1:
+    ds = _RepeatEach(ds, repeats)
+  ds = ds.random_map(lambda index, rng: records.get_or_next(index, fn, rng))
   ds = _GlobalBatchRows(ds, global_batch, rows)
   ds = ds.batch(len(rows), drop_remainder=True, batch_fn=stack_records)
   return ds, source

@@ -1,5 +1,7 @@
 """Random-access image sources: IDX files (the embedded Fashion-MNIST), TFDS, and
-folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFolder).
+folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFolder);
+``open_source`` also opens the clip sources (moving Fashion-MNIST, and TFDS video
+datasets through ``mae_jax.data.video`` when the config has ``data.video``).
 
 Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
 ``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
@@ -115,6 +117,37 @@ def fashion_mnist_idx(idx_dir: str, split: str) -> ArraySource:
                      FASHION_MNIST_STD, name=f"fashion_mnist:{split}")
 
 
+def open_tfds(name: str, split: str, data_dir: str | None, download: bool, decoders=None):
+  """``(builder.info, data source)`` of split ``split`` of a prepared TFDS dataset read
+  through ``builder.as_data_source`` (ArrayRecord), or a one-line ``DataError`` saying
+  how to prepare it. ``decoders(info)`` gives ``as_data_source``'s decoders."""
+  import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if download and not builder.is_prepared():
+      builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+      builder.download_and_prepare(file_format="array_record")
+    info = builder.info
+    if builder.is_prepared() and not (info.available_file_formats() &
+                                      set(tfds.core.FileFormat.with_random_access())):
+      raise DataError(
+          f"TFDS dataset {name!r} in {data_dir or 'the default data_dir'} is stored as "
+          f"{info.file_format.value}, which has no random access: convert it once with "
+          f"`mae-jax prepare --dataset={name} --data_dir={data_dir or 'DIR'} --convert` "
+          "(adds ArrayRecord files beside it).")
+    source = builder.as_data_source(split=split,
+                                    decoders=decoders(info) if decoders else None)
+  except DataError:
+    raise
+  except Exception as e:  # tfds raises many types; they all mean "not usable"
+    raise DataError(
+        f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
+        f"available: {str(e).splitlines()[0][:300]}. Prepare it with `mae-jax prepare "
+        f"--dataset={name} --data_dir={data_dir or 'DIR'}` (add --manual_dir=DIR for a "
+        "manual download such as imagenet2012: the directory holding its archives).") from None
+  return info, source
+
+
 class TfdsSource:
   """``tfds.data_source`` (ArrayRecord) over any prepared TFDS dataset.
 
@@ -125,32 +158,13 @@ class TfdsSource:
   decode_jpeg_lazily = True
 
   def __init__(self, name: str, split: str, data_dir: str | None, download: bool):
-    import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
-    try:
-      builder = tfds.builder(name, data_dir=data_dir or None)
-      if download and not builder.is_prepared():
-        builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
-        builder.download_and_prepare(file_format="array_record")
-      info = builder.info
-      if builder.is_prepared() and not (info.available_file_formats() &
-                                        set(tfds.core.FileFormat.with_random_access())):
-        raise DataError(
-            f"TFDS dataset {name!r} in {data_dir or 'the default data_dir'} is stored as "
-            f"{info.file_format.value}, which has no random access: convert it once with "
-            f"`mae-jax prepare --dataset={name} --data_dir={data_dir or 'DIR'} --convert` "
-            "(adds ArrayRecord files beside it).")
+    import tensorflow_datasets as tfds
+
+    def decoders(info):
       self._lazy_jpeg = (self.decode_jpeg_lazily and "image" in info.features and
                          getattr(info.features["image"], "encoding_format", None) == "jpeg")
-      decoders = {"image": tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
-      self._source = builder.as_data_source(split=split, decoders=decoders)
-    except DataError:
-      raise
-    except Exception as e:  # tfds raises many types; they all mean "not usable"
-      raise DataError(
-          f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
-          f"available: {str(e).splitlines()[0][:300]}. Prepare it with `mae-jax prepare "
-          f"--dataset={name} --data_dir={data_dir or 'DIR'}` (add --manual_dir=DIR for a "
-          "manual download such as imagenet2012: the directory holding its archives).") from None
+      return {"image": tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
+    info, self._source = open_tfds(name, split, data_dir, download, decoders)
     self.name = name
     self.num_classes = info.features["label"].num_classes if "label" in info.features else 0
     shape = info.features["image"].shape
@@ -188,9 +202,8 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   a JPEG stays encoded (``jpeg.JpegImage``; its crop decodes only what it needs).
   A file that cannot be read or decoded raises ``CorruptImageError`` naming it.
   """
-  from PIL import Image
   from mae_jax.data import jpeg
-  mode = _image_mode(channels)
+  _image_mode(channels)
   try:
     data = fileio.read_bytes(path)
   except OSError as e:
@@ -199,12 +212,21 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
                             what=f"{path} ({reason})") from None
   if lazy_jpeg and data[:2] == b"\xff\xd8":
     return jpeg.JpegImage(data, channels, str(path))
+  return decode_image(data, channels, str(path))
+
+
+def decode_image(data: bytes, channels: int, where: str) -> np.ndarray:
+  """Encoded image bytes (any format PIL reads) as uint8 ``[H, W, channels]``;
+  ``CorruptImageError`` naming ``where`` if they cannot be decoded."""
+  from PIL import Image
+  from mae_jax.data import jpeg
+  mode = _image_mode(channels)
   try:
     image = Image.open(io.BytesIO(data))
     image = image if image.mode == mode else image.convert(mode)
     out = np.asarray(image)
   except jpeg.DECODE_ERRORS as e:
-    raise jpeg.corrupt(str(path), e) from None
+    raise jpeg.corrupt(where, e) from None
   return out[..., None] if out.ndim == 2 else out
 
 
@@ -295,9 +317,12 @@ class FolderSource:
 MOVING_FASHION_MNIST = "moving_fashion_mnist"
 
 
-def _with_name(data_config, name: str):
+def _image_config(data_config, name: str):
+  """``data_config`` for the images dataset ``name`` (no ``video`` section)."""
   out = data_config.copy_and_resolve_references()
   out.name = name
+  if "video" in out:
+    del out["video"]
   return out
 
 
@@ -306,13 +331,16 @@ def open_source(data_config, split: str):
   name, kind = data_config.name, data_config.source
   if name == MOVING_FASHION_MNIST:
     from mae_jax.data.moving_fmnist import MovingFashionMnist
-    images = open_source(_with_name(data_config, "fashion_mnist"), split)
+    images = open_source(_image_config(data_config, "fashion_mnist"), split)
     video = data_config.video
     return MovingFashionMnist(images, seed=int(video.seed), num_frames=int(video.num_frames),
                               canvas=int(data_config.image_size),
                               num_items=int(video.num_items))
   if kind not in SOURCES:
     raise DataError(f"data.source={kind!r} is unknown; choose {', '.join(SOURCES)}.")
+  if "video" in data_config and kind in ("auto", "tfds"):
+    from mae_jax.data.video import TfdsVideoSource
+    return TfdsVideoSource(data_config, split)
   if kind == "folder":
     if not data_config.data_dir:
       raise ConfigError("data.source=folder needs --config.data.data_dir=DIR with "
