@@ -47,26 +47,29 @@ def random_params(config, seed=0):
 
 
 def test_videomae_parity(tmp_path):
-  import torch
   from transformers import VideoMAEForPreTraining
   config = video_config()
   params = random_params(config)
-  rng = np.random.default_rng(1)
-  clips = rng.standard_normal((2, FRAMES, SIZE, SIZE, CHANNELS)).astype(np.float32)
-  num_patches = (FRAMES // TUBELET) * (SIZE // PATCH) ** 2
-  noise = rng.random((2, num_patches)).astype(np.float32)
-  model = registry.build_mae(config)
-  loss, pred, mask = jax.jit(lambda p, x, n: model.apply({"params": p}, x, noise=n))(
-      params, clips, noise)
-  pred, mask = np.asarray(pred), np.asarray(mask).astype(bool)
-
   export.save(params, config, "videomae", str(tmp_path / "videomae"))
   meta = json.loads((tmp_path / "videomae" / "config.json").read_text())
   assert meta["num_frames"] == FRAMES and meta["tubelet_size"] == TUBELET
   hf, info = VideoMAEForPreTraining.from_pretrained(str(tmp_path / "videomae"),
                                                     output_loading_info=True)
   assert not any(info.values()), info
-  hf.eval()
+  assert_matches_videomae(registry.build_mae(config), params, hf.eval(), "videomae")
+
+
+def assert_matches_videomae(model, params, hf, label, frames=FRAMES, size=SIZE):
+  """Our prediction and loss against ``VideoMAEForPreTraining`` ``hf`` on random RGB
+  clips, HF given the ``bool_masked_pos`` our model drew from the same noise."""
+  import torch
+  rng = np.random.default_rng(1)
+  clips = rng.standard_normal((2, frames, size, size, CHANNELS)).astype(np.float32)
+  num_patches = (frames // TUBELET) * (size // PATCH) ** 2
+  noise = rng.random((2, num_patches)).astype(np.float32)
+  loss, pred, mask = jax.jit(lambda p, x, n: model.apply({"params": p}, x, noise=n))(
+      params, clips, noise)
+  pred, mask = np.asarray(pred), np.asarray(mask).astype(bool)
   pixel_values = torch.from_numpy(np.ascontiguousarray(clips.transpose(0, 1, 4, 2, 3)))
   with torch.no_grad():
     out = hf(pixel_values=pixel_values, bool_masked_pos=torch.from_numpy(mask))
@@ -74,7 +77,7 @@ def test_videomae_parity(tmp_path):
   ours = pred[mask].reshape(2, -1, pred.shape[-1])
   pred_diff = float(np.abs(out.logits.numpy() - ours).max())
   loss_diff = abs(float(out.loss) - float(loss))
-  print(f"videomae: max |pred diff| {pred_diff:.3g}, |loss diff| {loss_diff:.3g} "
+  print(f"{label}: max |pred diff| {pred_diff:.3g}, |loss diff| {loss_diff:.3g} "
         f"(loss {float(loss):.4f})")
   assert pred_diff < 1e-5
   # VideoMAE normalises targets after un-normalising with the ImageNet statistics:

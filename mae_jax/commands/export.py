@@ -1,10 +1,11 @@
-"""mae-jax export --workdir=DIR --format={official,timm,hf} --out=PATH
+"""mae-jax export --workdir=DIR --format={official,timm,hf,videomae} --out=PATH
 
 Writes a workdir's latest checkpoint (or ``--workdir=DIR/checkpoints/STEP``) as
 PyTorch weights. A pretraining workdir: ``official`` -> ``PATH.pth`` + ``PATH.json``
 (``MaskedAutoencoderViT`` kwargs), ``timm`` -> a ``local-dir`` folder (or
 ``PATH.pth`` + ``PATH.json`` for a ``.pth`` PATH), ``hf`` -> a
-``ViTMAEForPreTraining`` directory with ``preprocessor_config.json``. A fine-tuning
+``ViTMAEForPreTraining`` directory with ``preprocessor_config.json``, ``videomae``
+(a video model in VideoMAE's layout) -> a ``VideoMAEForPreTraining`` directory. A fine-tuning
 or probing workdir: the classifier (``mae_jax.export.classifier``): official
 ``models_vit``, a timm folder with its head, or ``ViTForImageClassification``
 (probes only). A ``.safetensors`` PATH writes safetensors instead of a pickle.
@@ -19,10 +20,12 @@ from mae_jax.commands import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining, fine-tuning or probing "
                                "workdir (or one of its checkpoints).")
-_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf"],
+_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
                             "official: facebookresearch/mae MaskedAutoencoderViT; timm: the "
-                            "encoder as a timm VisionTransformer; hf: ViTMAEForPreTraining.")
-_OUT = flags.DEFINE_string("out", None, "Output file (official, timm) or directory (hf).")
+                            "encoder as a timm VisionTransformer; hf: ViTMAEForPreTraining; "
+                            "videomae: VideoMAEForPreTraining (video models).")
+_OUT = flags.DEFINE_string("out", None, "Output file (official, timm) or directory (hf, "
+                           "videomae).")
 flags.mark_flags_as_required(["workdir", "format", "out"])
 
 

@@ -1,4 +1,4 @@
-"""mae-jax import --in=PATH --format={official,timm,hf} --workdir=DIR [--image_size=N]
+"""mae-jax import --in=PATH --format={official,timm,hf,videomae} --workdir=DIR [--image_size=N]
 [--config=FILE]
 
 Builds a workdir (config + step-0 checkpoint with a fresh optimizer) from PyTorch
@@ -11,6 +11,9 @@ safetensors -- never arbitrary pickles. The architecture comes from the tensor
 shapes plus the JSON beside the weights (``PATH.json``; ``config.json`` for hf),
 or from ``--config`` when given. Encoder-only files (the released
 ``mae_pretrain_vit_*.pth``, timm) get a freshly initialised decoder.
+``--format=videomae`` reads a Hugging Face ``VideoMAEForPreTraining`` directory
+into a video workdir (its ``config.json`` gives frames, tubelet and sizes; the
+model takes VideoMAE's layout, ``config_lib.videomae_layout``).
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ from mae_jax.commands import common
 from mae_jax.errors import UserError
 
 _IN = flags.DEFINE_string("in", None, "Weights: a .pth/.bin/.safetensors file, or a Hugging "
-                          "Face model directory for --format=hf, or a timm local-dir folder.")
-_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf"],
+                          "Face model directory for --format=hf/videomae, or a timm "
+                          "local-dir folder.")
+_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
                             "Layout of the weights: official (facebookresearch/mae), timm "
-                            "(VisionTransformer encoder) or hf (ViTMAEForPreTraining).")
+                            "(VisionTransformer encoder), hf (ViTMAEForPreTraining) or "
+                            "videomae (VideoMAEForPreTraining).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "New workdir to create.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Target image size (default: the one the weights' position tables "
@@ -52,7 +57,7 @@ def main(argv):
   from mae_jax.export import classifier
   sd, meta, notices = export.load_file(_IN.value, _FORMAT.value)
   if classifier.is_classifier_state_dict(sd):
-    if _FORMAT.value == "hf":
+    if _FORMAT.value in ("hf", "videomae"):
       raise UserError("importing a Hugging Face classifier is not supported; export it to "
                       "a timm or official state dict.")
     params, batch_stats, config = classifier.from_torch_state_dict(sd, _FORMAT.value, meta,
@@ -74,9 +79,13 @@ def main(argv):
                                           source=_IN.value)
   checkpoint.write_workdir(workdir, imported.config, imported.params)
   m = imported.config.model
-  logging.info("imported %s (%s) into %s: ViT %d wide, depth %d, %d heads, patch %d, "
-               "image %d, %s decoder", _IN.value, _FORMAT.value, workdir, m.embed_dim, m.depth,
-               m.num_heads, m.patch_size, imported.config.data.image_size,
+  video = imported.config.data.get("video")
+  clip = (f"{video.num_frames} frames of " if m.get("tubelet_size") else "")
+  logging.info("imported %s (%s) into %s: ViT %d wide, depth %d, %d heads, patch %d%s, "
+               "%s%dx%d, %s decoder", _IN.value, _FORMAT.value, workdir, m.embed_dim, m.depth,
+               m.num_heads, m.patch_size,
+               f", tubelet {m.tubelet_size}" if m.get("tubelet_size") else "", clip,
+               imported.config.data.image_size, imported.config.data.image_size,
                "imported" if imported.has_decoder else "fresh")
 
 

@@ -157,7 +157,7 @@ def torch_metadata(config, format: str) -> dict:
 def writes_directory(format: str, out: str) -> bool:
   """Whether ``save`` (or the classifier export) to ``out`` makes a directory."""
   from mae_jax.export import timm
-  return format == "hf" or (format == "timm" and timm.is_local_dir(out))
+  return format in ("hf", "videomae") or (format == "timm" and timm.is_local_dir(out))
 
 
 def save(params, config, format: str, out: str) -> list[str]:
@@ -185,6 +185,8 @@ def default_num_heads(width: int, decoder: bool = False) -> int | None:
 
 def _guess_format(keys) -> str | None:
   keys = list(keys)
+  if any(k.startswith("videomae.") for k in keys):
+    return "videomae"
   if any(k.startswith(("vit.", "decoder.decoder_", "embeddings.")) for k in keys):
     return "hf"
   if any(k.startswith(("decoder_blocks.", "decoder_embed.")) or k == "mask_token" for k in keys):
@@ -340,8 +342,20 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
   if note:
     notices.append(note)
   sd = names.canonical_keys(format, sd)
-  inferred = _infer(sd, format, source)
-  if config is None:
+  # VideoMAE's architecture is in its config.json only (no cls token or position
+  # table in the weights); the image formats' shows in the tensor shapes.
+  from_metadata = getattr(fmt_module, "config_from_metadata", None)
+  if from_metadata is None:
+    inferred = _infer(sd, format, source)
+    has_decoder = inferred["has_decoder"]
+  else:
+    has_decoder = any(names.layout(format).is_decoder_key(k) for k in sd)
+  if config is None and from_metadata is not None:
+    config, meta_notes = from_metadata(metadata, source)
+    notices += meta_notes
+    if image_size is not None:
+      config.data.image_size = int(image_size)
+  elif config is None:
     arch, meta_notes = fmt_module.arch_from_metadata(metadata) if metadata else ({}, [])
     notices += meta_notes
     config = _config_from_arch(inferred, arch, image_size, notices)
@@ -350,11 +364,13 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
     config.unlock()
     if image_size is not None:
       config.data.image_size = int(image_size)
+  check = getattr(fmt_module, "check_expressible", None)
+  if check is not None:
+    check(config)
   from mae_jax.models import registry
   model = registry.build_mae(config)
   shapes = _abstract_params(model, config)
   m = config.model
-  has_decoder = inferred["has_decoder"]
   entries = names.entries(format, int(m.depth), int(m.decoder_depth) if has_decoder else None)
 
   # Keys and shapes, all problems in one message.
@@ -405,8 +421,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
     else:
       set_path(params, e.ours, x)
   for path, parts in parts_of.items():
-    set_path(params, path, np.stack([parts[i] for i in range(3)],
-                                axis=1 if path[-1] == "kernel" else 0))
+    # A layout without a key bias (VideoMAE) loses nothing: the bias adds the same
+    # number to every logit of a query. It imports as zeros.
+    set_path(params, path, np.stack([parts[i] if i in parts else np.zeros_like(parts[0])
+                                     for i in range(3)],
+                                    axis=1 if path[-1] == "kernel" else 0))
   if not has_decoder:
     seed = int(config.get("seed", 0) if seed is None else seed)
     params.update(_fresh_decoder(model, config, seed))
@@ -441,11 +460,12 @@ def _fresh_decoder(model, config, seed: int) -> dict:
   import jax
   import jax.numpy as jnp
   from mae_jax.train.step import init_rngs
-  grid = _grid(config)
+  from mae_jax.models import registry
+  grid = registry.patch_grid(config)
   model = model.clone(scan_layers=False)
   latent = jnp.zeros((1, 2, int(config.model.embed_dim)))
-  ids_restore = jnp.arange(grid * grid)[None]
-  variables = jax.jit(lambda: model.init(init_rngs(seed), latent, ids_restore, (grid, grid),
+  ids_restore = jnp.arange(math.prod(grid))[None]
+  variables = jax.jit(lambda: model.init(init_rngs(seed), latent, ids_restore, grid,
                                          method="decode"))()
   params = nn.unbox(variables["params"])
   return {k: jax.tree.map(np.asarray, v) for k, v in params.items()

@@ -78,6 +78,9 @@ def to_torch_state_dict(params, batch_stats, config, fmt: str) -> dict[str, np.n
   """A classifier's params (+ the probe's BatchNorm statistics) in ``fmt``."""
   m = config.model
   probe = config.task == "linprobe"
+  if fmt == "videomae":
+    raise UserError("--format=videomae writes VideoMAEForPreTraining, a pretraining model; "
+                    "export a classifier with --format=official, timm or hf.")
   if fmt == "hf" and m.pool != "cls":
     raise UserError("a fine-tuned model (mean pooling + fc_norm) has no Hugging Face class "
                     "that computes the same thing (ViTForImageClassification reads the cls "

@@ -122,7 +122,7 @@ def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
 
 def write(state_dict: Mapping[str, np.ndarray], meta: dict, out: str) -> list[str]:
   if fileio.isfile(out):
-    raise CheckpointError(f"{out} is a file; --format=hf writes a directory.")
+    raise CheckpointError(f"{out} is a file; --format=hf and --format=videomae write a directory.")
   fileio.makedirs(out)
   weights = fileio.join(out, WEIGHTS[0])
   official.save_safetensors(state_dict, weights)

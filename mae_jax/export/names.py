@@ -214,8 +214,19 @@ _HF_ALIASES = (
     (r"\.mlp\.fc1\.", ".intermediate.dense."),
     (r"\.mlp\.fc2\.", ".output.dense."),
 )
-# An encoder-only ``ViTMAEModel`` state dict has no ``vit.`` prefix.
-_HF_MODEL_PREFIXES = ("embeddings.", "encoder.layer.", "layernorm.", "layers.")
+# What ``save_pretrained`` writes for VideoMAE's attention biases (the original
+# VideoMAE names, which transformers renames when it loads them).
+_VIDEOMAE_ALIASES = (
+    (r"\.attention\.attention\.q_bias$", ".attention.attention.query.bias"),
+    (r"\.attention\.attention\.v_bias$", ".attention.attention.value.bias"),
+)
+# Per format: the model prefix an encoder-only ``ViTMAEModel`` / ``VideoMAEModel``
+# state dict lacks, the keys that show it is one, and the rewrites above.
+_SPELLINGS = {
+    "hf": ("vit.", ("embeddings.", "encoder.layer.", "layernorm.", "layers."), _HF_ALIASES),
+    "videomae": ("videomae.", ("embeddings.", "encoder.layer.", "layernorm."),
+                 _VIDEOMAE_ALIASES),
+}
 
 
 def layout(fmt: str) -> Layout:
@@ -228,14 +239,15 @@ def layout(fmt: str) -> Layout:
 def canonical_keys(fmt: str, state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The state dict with alternative spellings of ``fmt``'s keys rewritten."""
   out = dict(state_dict)
-  if fmt != "hf":
+  if fmt not in _SPELLINGS:
     return out
-  if not any(k.startswith(("vit.", "decoder.")) for k in out) and any(
-      k.startswith(_HF_MODEL_PREFIXES) for k in out):
-    out = {"vit." + k: v for k, v in out.items()}
+  model_prefix, model_keys, aliases = _SPELLINGS[fmt]
+  if not any(k.startswith((model_prefix, "decoder.")) for k in out) and any(
+      k.startswith(model_keys) for k in out):
+    out = {model_prefix + k: v for k, v in out.items()}
   renamed = {}
   for key, value in out.items():
-    for pattern, repl in _HF_ALIASES:
+    for pattern, repl in aliases:
       key = re.sub(pattern, repl, key)
     renamed[key] = value
   return renamed
