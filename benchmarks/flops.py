@@ -12,6 +12,17 @@ memory-bound and a fraction of a percent).
 
 With the official sizes at 224x224 this gives ViT-B/16 58.7 and ViT-L/16 124.5
 GFLOP per image, the numbers the design document uses.
+
+Clips (``tubelet_size = t > 0``, ``num_frames = T``) are counted the same way with
+``L = (T/t) (H/p) (W/p)`` spacetime patches, a patch embedding with ``t p p C``
+inputs, a pixel head with as many outputs, and no cls token where the model has
+none (``use_cls_token=False``: MAE-ST and VideoMAE). ``masking="tube"`` keeps
+``(T/t) (S - int(ratio S))`` patches of the ``S = (H/p) (W/p)`` per frame, as
+``mae_jax.models.masking.tube_visible``; random masking keeps ``int(L (1 - ratio))``.
+The decoder runs on all ``L`` tokens: at 16x224x224 with 2x16x16 tubelets that is
+1,568 tokens, where the attention's ``4 n^2 d`` term is a third of a 512-wide decoder block.
+``tests/test_benchmarks.py`` checks the count against the matrix multiplies of the
+model's own jaxpr.
 """
 from __future__ import annotations
 
@@ -24,33 +35,55 @@ def block_flops(tokens: int, width: int, mlp_ratio: float = 4.0) -> float:
   return matmuls + attention
 
 
+def num_tokens(image_size: int, patch_size: int, num_frames: int = 0,
+               tubelet_size: int = 0) -> int:
+  """Patches of one image, or spacetime patches of one clip (``tubelet_size > 0``)."""
+  spatial = (image_size // patch_size) ** 2
+  return spatial * (num_frames // tubelet_size) if tubelet_size else spatial
+
+
+def visible_tokens(image_size: int, patch_size: int, mask_ratio: float, num_frames: int = 0,
+                   tubelet_size: int = 0, masking: str = "random") -> int:
+  """Patches the encoder sees: tube masking keeps whole tubes, the rest ``int(L(1-r))``."""
+  if masking == "tube":
+    spatial = (image_size // patch_size) ** 2
+    return (num_frames // tubelet_size) * (spatial - int(mask_ratio * spatial))
+  return int(num_tokens(image_size, patch_size, num_frames, tubelet_size) * (1 - mask_ratio))
+
+
 def mae_forward_flops(*, image_size: int, patch_size: int, channels: int, embed_dim: int,
                       depth: int, decoder_embed_dim: int, decoder_depth: int,
-                      mlp_ratio: float = 4.0, mask_ratio: float = 0.75, **_) -> float:
-  """Forward FLOPs per image of ``MaskedAutoencoder`` (extra keys are ignored)."""
-  patches = (image_size // patch_size) ** 2
-  visible = int(patches * (1 - mask_ratio))
-  patch_dim = patch_size * patch_size * channels
-  flops = 2 * patches * patch_dim * embed_dim                      # patch embedding
-  flops += depth * block_flops(1 + visible, embed_dim, mlp_ratio)  # encoder
-  flops += 2 * (1 + visible) * embed_dim * decoder_embed_dim      # decoder embedding
-  flops += decoder_depth * block_flops(1 + patches, decoder_embed_dim, mlp_ratio)
-  flops += 2 * (1 + patches) * decoder_embed_dim * patch_dim       # pixel head
+                      mlp_ratio: float = 4.0, mask_ratio: float = 0.75, num_frames: int = 0,
+                      tubelet_size: int = 0, use_cls_token: bool = True,
+                      masking: str = "random", **_) -> float:
+  """Forward FLOPs per image (per clip with ``tubelet_size > 0``) of
+  ``MaskedAutoencoder`` (extra keys are ignored)."""
+  patches = num_tokens(image_size, patch_size, num_frames, tubelet_size)
+  visible = visible_tokens(image_size, patch_size, mask_ratio, num_frames, tubelet_size,
+                           masking)
+  cls = 1 if use_cls_token else 0
+  patch_dim = max(tubelet_size, 1) * patch_size * patch_size * channels
+  flops = 2 * patches * patch_dim * embed_dim                        # patch embedding
+  flops += depth * block_flops(cls + visible, embed_dim, mlp_ratio)  # encoder
+  flops += 2 * (cls + visible) * embed_dim * decoder_embed_dim      # decoder embedding
+  flops += decoder_depth * block_flops(cls + patches, decoder_embed_dim, mlp_ratio)
+  flops += 2 * (cls + patches) * decoder_embed_dim * patch_dim       # pixel head
   return float(flops)
 
 
 def mae_train_flops(**dims) -> float:
-  """Forward + backward FLOPs per image (backward = 2x forward)."""
+  """Forward + backward FLOPs per image or clip (backward = 2x forward)."""
   return 3.0 * mae_forward_flops(**dims)
 
 
 def variant_train_flops(variant: str, image_size: int = 224, channels: int = 3,
-                        mask_ratio: float = 0.75) -> float:
-  """``mae_train_flops`` for a named variant of ``mae_jax.models.registry``."""
+                        mask_ratio: float = 0.75, **video) -> float:
+  """``mae_train_flops`` for a named variant of ``mae_jax.models.registry``; ``video``:
+  ``num_frames``, ``tubelet_size``, ``use_cls_token``, ``masking`` for clips."""
   from mae_jax.models import registry
   dims = registry.variant_dims(variant)
   return mae_train_flops(image_size=image_size, channels=channels, mask_ratio=mask_ratio,
-                         **dims)
+                         **dims, **video)
 
 
 # Dense bf16 peak FLOP/s per chip from the vendors' data sheets (no sparsity).

@@ -34,6 +34,77 @@ def test_flops_by_hand_for_one_block():
   assert flops.block_flops(10, 8) == 3840 + 1280 + 10240 + 3200
 
 
+def jaxpr_matmul_flops(jaxpr) -> int:
+  """2 x multiply-adds of every ``dot_general`` and convolution in ``jaxpr`` and the
+  jaxprs nested in it (jit, custom_jvp, remat): an independent count of the FLOPs the
+  formula describes."""
+  import math
+  from jax.extend import core
+  total = 0
+  for eqn in jaxpr.eqns:
+    out = eqn.outvars[0].aval.shape if eqn.outvars else ()
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(out) * math.prod(lhs[i] for i in contract)
+    elif eqn.primitive.name == "conv_general_dilated":
+      kernel = eqn.invars[1].aval.shape
+      per_output = math.prod(kernel) // kernel[eqn.params["dimension_numbers"].rhs_spec[0]]
+      total += 2 * math.prod(out) * per_output
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(sub, core.ClosedJaxpr):
+          total += jaxpr_matmul_flops(sub.jaxpr)
+        elif isinstance(sub, core.Jaxpr):
+          total += jaxpr_matmul_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize("frames,masking", [(0, "random"), (4, "random"), (4, "tube")])
+def test_flops_equal_the_matmuls_of_the_model(frames, masking):
+  """The formula against the model's own forward pass: images (cls token, 2-D
+  patches) and clips (no cls token, 2x8x8 tubelets, random or tube masking)."""
+  import jax
+  import jax.numpy as jnp
+  from mae_jax import config_lib
+  from mae_jax.models import registry
+  flops = _load("flops")
+  c = config_lib.pretrain_defaults("tiny/8")
+  if frames:
+    config_lib.video_defaults(c, tubelet_size=2, num_frames=frames)
+    c.model.masking = masking
+  c.model.update(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                 decoder_num_heads=2)
+  c.data.update(image_size=32, channels=3)
+  model = registry.build_mae(c)
+  clips = jnp.zeros(registry.input_shape(c, batch=2))
+  params = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "masking": jax.random.key(1)}, clips))
+  jaxpr = jax.make_jaxpr(lambda p, x: model.apply(p, x, rngs={"masking": jax.random.key(2)}))(
+      params, clips)
+  m = c.model
+  want = flops.mae_forward_flops(
+      image_size=32, patch_size=8, channels=3, embed_dim=32, depth=2, decoder_embed_dim=16,
+      decoder_depth=1, mlp_ratio=m.mlp_ratio, mask_ratio=m.mask_ratio, num_frames=frames,
+      tubelet_size=2 if frames else 0, use_cls_token=m.use_cls_token, masking=m.masking)
+  assert jaxpr_matmul_flops(jaxpr.jaxpr) == 2 * want
+
+
+def test_video_flops_by_hand():
+  flops = _load("flops")
+  # 16x224x224, 2x16x16 tubelets: 8 * 14 * 14 = 1568 tokens; tube masking at 0.9 keeps
+  # 196 - int(176.4) = 20 per time step
+  assert flops.num_tokens(224, 16, num_frames=16, tubelet_size=2) == 1568
+  assert flops.visible_tokens(224, 16, 0.9, 16, 2, "tube") == 160
+  assert flops.visible_tokens(224, 16, 0.9, 16, 2, "random") == 156
+  one_frame = flops.mae_forward_flops(image_size=224, patch_size=16, channels=3, embed_dim=8,
+                                      depth=0, decoder_embed_dim=8, decoder_depth=0,
+                                      mask_ratio=0.9, num_frames=2, tubelet_size=2,
+                                      use_cls_token=False)
+  # patch embedding 196 x (2*16*16*3) x 8, decoder embedding 19 x 8 x 8, head 196 x 8 x 1536
+  assert one_frame == 2 * (196 * 1536 * 8 + 19 * 8 * 8 + 196 * 8 * 1536)
+
+
 def test_peak_table():
   flops = _load("flops")
   assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
