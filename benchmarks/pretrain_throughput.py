@@ -1,14 +1,20 @@
-"""MAE pretraining throughput: the mae_jax train step against Hugging Face ViTMAE.
+"""MAE pretraining throughput: the mae_jax train step against Hugging Face ViTMAE
+(or, for clips, VideoMAE).
 
 Times ``mae_jax.train.step.make_train_step`` (the trainer's step, not a copy) on
 synthetic images already on the device, after compilation and warm-up, with
 ``block_until_ready``; and, when torch is installed, Hugging Face
 ``ViTMAEForPreTraining`` (sdpa attention, bf16 autocast, fused AdamW on CUDA) of
 the same size in the same process (run first, so its memory is released before
-JAX starts). Prints one JSON object per measurement:
+JAX starts). ``--num_frames=T`` times clips of T frames instead, cut into
+``--tubelet`` x p x p patches, with the model in VideoMAE's layout (no cls token,
+1-D sinusoid table, per-channel targets; ``config_lib.videomae_layout``) and tube
+masking, against ``VideoMAEForPreTraining`` given a fresh tube mask every step.
+Prints one JSON object per measurement:
 
-  impl, model, device, batch, img_per_s, mfu, peak_mem_gib, first_step_s,
-  ratio_vs_hf (mae_jax rows, when the HF row exists), and the settings.
+  impl, model, device, batch, img_per_s (clips per second for video), mfu,
+  peak_mem_gib, first_step_s, ratio_vs_hf (mae_jax rows, when the HF row exists),
+  and the settings.
 
 MFU is model FLOPs (``benchmarks/flops.py``: forward + backward at the mask ratio)
 times img/s over the device's dense bf16 peak; null where the peak is unknown
@@ -25,6 +31,8 @@ ml_collections, TFDS or TensorFlow, so it runs on a bare accelerator image.
       --dtype=bfloat16 --attention=cudnn
   python benchmarks/pretrain_throughput.py --variant=tiny/4 --image_size=28 \
       --channels=1 --batch=64 --steps=5          # a CPU smoke run
+  python benchmarks/pretrain_throughput.py --variant=L/16 --num_frames=16 \
+      --tubelet=2 --mask_ratio=0.9 --batch=32    # VideoMAE-L, 1,568 tokens per clip
 """
 from __future__ import annotations
 
@@ -51,6 +59,10 @@ import flops as flops_lib  # noqa: E402
 MODEL_NAMES = {"tiny": "vit-tiny", "S": "vit-small", "B": "vit-base", "L": "vit-large",
                "H": "vit-huge"}
 GIB = 2 ** 30
+# ``mae_jax.config_lib.videomae_layout``'s choices, spelled out because config_lib
+# needs ml_collections (tests/test_benchmarks.py checks the two agree).
+VIDEOMAE_LAYOUT = dict(use_cls_token=False, pos_table="sinusoid_1d", decoder_embed_bias=False,
+                       norm_pix_per_channel=True, decoder_norm_eps=1e-5)
 
 
 class Config(dict):
@@ -74,6 +86,9 @@ def make_config(args, variant: str, dtype: str, attention: str, remat: str,
                  mask_ratio=args.mask_ratio, dtype=dtype, param_dtype="float32",
                  attention=attention, remat=remat, scan_layers=scan_layers)
   data = Config(image_size=args.image_size, channels=args.channels)
+  if args.num_frames:
+    model.update(VIDEOMAE_LAYOUT, tubelet_size=args.tubelet, masking=args.masking)
+    data.video = Config(num_frames=args.num_frames)
   optim = Config(base_lr=1.5e-4, min_lr=0.0, warmup_epochs=0, warmup_steps=10,
                  weight_decay=0.05, b1=0.9, b2=0.95, clip_grad_norm=0.0,
                  grad_accum_steps=1, moments_dtype=moments_dtype)
@@ -140,7 +155,7 @@ class MaeJaxRun:
     model = registry.build_mae(config)
     schedule = optim.learning_rate_schedule(config.optim, batch, 10_000)
     tx = optim.adamw(config.optim, schedule)
-    shape = (batch, args.image_size, args.image_size, args.channels)
+    shape = registry.input_shape(config, batch)
     state, shardings = step_lib.create_train_state(model, tx, mesh, (1, *shape[1:]), 0)
     step = step_lib.make_train_step(model, tx, mesh, shardings, schedule, seed=0)
     self.images = jax.jit(lambda key: jax.random.normal(key, shape),
@@ -200,6 +215,23 @@ def torch_available() -> bool:
           and importlib.util.find_spec("transformers") is not None)
 
 
+def hf_sizes(args, variant: str) -> dict:
+  """The ``config.json`` keys Hugging Face's ViTMAE and VideoMAE share, for ``variant``."""
+  from mae_jax.models import registry
+  dims = registry.variant_dims(variant)
+  return dict(
+      hidden_size=dims["embed_dim"], num_hidden_layers=dims["depth"],
+      num_attention_heads=dims["num_heads"],
+      intermediate_size=int(dims["mlp_ratio"] * dims["embed_dim"]),
+      decoder_hidden_size=dims["decoder_embed_dim"],
+      decoder_num_hidden_layers=dims["decoder_depth"],
+      decoder_num_attention_heads=dims["decoder_num_heads"],
+      decoder_intermediate_size=int(dims["mlp_ratio"] * dims["decoder_embed_dim"]),
+      image_size=args.image_size, patch_size=dims["patch_size"],
+      num_channels=args.channels, norm_pix_loss=True, layer_norm_eps=1e-6,
+      hidden_act="gelu", attn_implementation="sdpa")
+
+
 class HfRun:
   """Hugging Face ``ViTMAEForPreTraining`` of the same size: sdpa attention, bf16
   autocast when ``dtype`` is bfloat16, fused AdamW on CUDA, the MAE recipe's
@@ -207,30 +239,28 @@ class HfRun:
 
   impl = "hf_vitmae"
 
+  def build(self, args, variant):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    return ViTMAEForPreTraining(ViTMAEConfig(**hf_sizes(args, variant),
+                                             mask_ratio=args.mask_ratio))
+
+  def inputs(self, args, batch):
+    return self.torch.randn(batch, args.channels, args.image_size, args.image_size,
+                            device=self.device)
+
+  def forward_loss(self):
+    return self.model(pixel_values=self.images).loss
+
   def __init__(self, args, variant, batch, dtype):
     import torch
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-    from mae_jax.models import registry
 
-    dims = registry.variant_dims(variant)
     self.torch = torch
     self.cuda = torch.cuda.is_available()
     device = torch.device("cuda" if self.cuda else "cpu")
     if not self.cuda:
       torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
-    hf_config = ViTMAEConfig(
-        hidden_size=dims["embed_dim"], num_hidden_layers=dims["depth"],
-        num_attention_heads=dims["num_heads"],
-        intermediate_size=int(dims["mlp_ratio"] * dims["embed_dim"]),
-        decoder_hidden_size=dims["decoder_embed_dim"],
-        decoder_num_hidden_layers=dims["decoder_depth"],
-        decoder_num_attention_heads=dims["decoder_num_heads"],
-        decoder_intermediate_size=int(dims["mlp_ratio"] * dims["decoder_embed_dim"]),
-        image_size=args.image_size, patch_size=dims["patch_size"],
-        num_channels=args.channels, mask_ratio=args.mask_ratio, norm_pix_loss=True,
-        layer_norm_eps=1e-6, hidden_act="gelu", attn_implementation="sdpa")
-    self.model = ViTMAEForPreTraining(hf_config).to(device).train()
+    self.model = self.build(args, variant).to(device).train()
     named = list(self.model.named_parameters())
     decay = [p for n, p in named if p.ndim > 1 and not n.endswith("bias")]
     no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith("bias")]
@@ -239,8 +269,7 @@ class HfRun:
                                  lr=1.5e-4 * batch / 256, betas=(0.9, 0.95), fused=self.cuda)
     self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     self.device = device
-    self.images = torch.randn(batch, args.channels, args.image_size, args.image_size,
-                              device=device)
+    self.images = self.inputs(args, batch)
     self.settings = dict(
         batch=batch, dtype=dtype,
         attention=getattr(self.model.config, "_attn_implementation", None),
@@ -258,7 +287,7 @@ class HfRun:
     torch = self.torch
     with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                         enabled=self.autocast is not None):
-      loss = self.model(pixel_values=self.images).loss
+      loss = self.forward_loss()
     loss.backward()
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
@@ -289,6 +318,44 @@ class HfRun:
       self.torch.cuda.empty_cache()
 
 
+class HfVideoRun(HfRun):
+  """Hugging Face ``VideoMAEForPreTraining`` of the same size (``use_mean_pooling=False``:
+  the encoder ends with a LayerNorm as ours), given a fresh mask of ``--masking``
+  (tube: the same spatial mask on every time step) at ``--mask_ratio`` every step,
+  drawn on the device as our step draws its own."""
+
+  impl = "hf_videomae"
+
+  def build(self, args, variant):
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    return VideoMAEForPreTraining(VideoMAEConfig(
+        **hf_sizes(args, variant), num_frames=args.num_frames, tubelet_size=args.tubelet,
+        use_mean_pooling=False, qv_bias=True))
+
+  def inputs(self, args, batch):
+    c = self.model.config
+    self.grid = (args.num_frames // args.tubelet, (args.image_size // c.patch_size) ** 2)
+    self.mask_ratio, self.masking = args.mask_ratio, args.masking
+    return self.torch.randn(batch, args.num_frames, args.channels, args.image_size,
+                            args.image_size, device=self.device)
+
+  def bool_masked_pos(self):
+    """``[B, L]``, True = removed; the counts of ``flops.visible_tokens``."""
+    torch = self.torch
+    frames, spatial = self.grid
+    batch = self.images.shape[0]
+    if self.masking == "tube":
+      keep = spatial - int(self.mask_ratio * spatial)
+      rank = torch.rand(batch, spatial, device=self.device).argsort(1).argsort(1)
+      return (rank >= keep).repeat(1, frames)
+    keep = int(frames * spatial * (1 - self.mask_ratio))
+    rank = torch.rand(batch, frames * spatial, device=self.device).argsort(1).argsort(1)
+    return rank >= keep
+
+  def forward_loss(self):
+    return self.model(pixel_values=self.images, bool_masked_pos=self.bool_masked_pos()).loss
+
+
 def timed(run, args, windows: list[float]) -> dict:
   elapsed = sorted(windows)[len(windows) // 2]  # the median window
   batch = run.settings["batch"]
@@ -316,6 +383,12 @@ def parse_args(argv=None):
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--channels", type=int, default=3)
   p.add_argument("--mask_ratio", type=float, default=0.75)
+  p.add_argument("--num_frames", type=int, default=0,
+                 help="> 0: clips of this many frames (video MAE in VideoMAE's layout, "
+                      "against HF VideoMAEForPreTraining)")
+  p.add_argument("--tubelet", type=int, default=2, help="frames per spacetime patch (video)")
+  p.add_argument("--masking", default="tube", choices=("tube", "random"),
+                 help="video masking: tube (VideoMAE) or random spacetime (MAE-ST)")
   p.add_argument("--steps", type=int, default=20, help="timed steps per window")
   p.add_argument("--repeats", type=int, default=3,
                  help="timed windows; img_per_s is the median window")
@@ -350,8 +423,10 @@ def main(argv=None) -> list[dict]:
   import jax
   info = device_description()
   hf = torch_available() if args.hf is None else args.hf
+  video = (dict(num_frames=args.num_frames, tubelet_size=args.tubelet, use_cls_token=False,
+                masking=args.masking) if args.num_frames else {})
   common = dict(image_size=args.image_size, channels=args.channels,
-                mask_ratio=args.mask_ratio, steps=args.steps, warmup=args.warmup,
+                mask_ratio=args.mask_ratio, **video, steps=args.steps, warmup=args.warmup,
                 repeats=args.repeats, interleaved=args.interleave,
                 date=datetime.date.today().isoformat(), jax=jax.__version__,
                 python=platform.python_version(), label=args.label or None,
@@ -372,13 +447,14 @@ def main(argv=None) -> list[dict]:
   for variant, batch, dtype in itertools.product(
       _split(args.variant), _split(args.batch, int), dtypes):
     flop = flops_lib.variant_train_flops(variant, args.image_size, args.channels,
-                                         args.mask_ratio)
+                                         args.mask_ratio, **video)
     base = dict(model=model_name(variant), variant=variant, **info,
                 gflop_per_img=flop / 1e9, peak_flops=flops_lib.peak_flops(info["device"]))
     makers = []  # (constructor, what it is)
     if hf:  # first: without --interleave its memory is back with the driver before JAX runs
-      makers.append((lambda: HfRun(args, variant, batch, dtype),
-                     dict(impl="hf_vitmae", batch=batch, dtype=dtype)))
+      peer = HfVideoRun if args.num_frames else HfRun
+      makers.append((lambda: peer(args, variant, batch, dtype),
+                     dict(impl=peer.impl, batch=batch, dtype=dtype)))
     if not args.no_mae_jax:
       for setting in itertools.product(_split(args.attention), _split(args.remat),
                                        _split(args.moments_dtype),
@@ -397,7 +473,7 @@ def main(argv=None) -> list[dict]:
         emit(row)
         return
       row["mfu"] = mfu(row["img_per_s"], flop, info["device"])
-      if result["impl"] == "hf_vitmae":
+      if result["impl"] in (HfRun.impl, HfVideoRun.impl):
         import torch
         import transformers
         row.update(torch=torch.__version__, transformers=transformers.__version__)

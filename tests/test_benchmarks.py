@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -116,14 +117,24 @@ def test_peak_table():
 BLOCKED = ("ml_collections", "tensorflow", "tensorflow_datasets", "grain")
 
 
-def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path):
+# (arguments, model, the HF row's impl, its num_params minus ours)
+IMAGES = (["--variant=tiny/7", "--image_size=28", "--channels=1"], "vit-tiny/7", "hf_vitmae",
+          17 * 128 + 17 * 64)   # HF counts its two fixed position tables as parameters
+CLIPS = (["--variant=tiny/8", "--image_size=32", "--channels=3", "--num_frames=4",
+          "--tubelet=2", "--mask_ratio=0.9"], "vit-tiny/8", "hf_videomae",
+         -(4 * 128 + 2 * 64))   # VideoMAE has no key bias (ours: zeros in every block)
+
+
+@pytest.mark.parametrize("case", [IMAGES, CLIPS], ids=["images", "clips"])
+def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path, case):
+  shape_args, model, peer, extra_params = case
   code = ("import sys, runpy\n"
           + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
           + "sys.argv[0] = 'pretrain_throughput.py'\n"
           + "runpy.run_path('benchmarks/pretrain_throughput.py', run_name='__main__')\n")
   out = tmp_path / "rows.jsonl"
-  args = ["--variant=tiny/7", "--image_size=28", "--channels=1", "--batch=8", "--steps=2",
-          "--warmup=0", "--repeats=1", "--attention=dot_product", "--cpu_cores=1", f"--out={out}"]
+  args = [*shape_args, "--batch=8", "--steps=2", "--warmup=0", "--repeats=1",
+          "--attention=dot_product", "--cpu_cores=1", f"--out={out}"]
   hf = importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")
   args.append("--hf" if hf else "--no-hf")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -138,15 +149,33 @@ def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path):
   for key in ("model", "device", "batch", "img_per_s", "mfu", "peak_mem_gib", "first_step_s",
               "attention", "dtype", "remat"):
     assert key in row, key
-  assert row["model"] == "vit-tiny/7" and row["device"] == "cpu" and row["batch"] == 8
+  assert row["model"] == model and row["device"] == "cpu" and row["batch"] == 8
   assert row["img_per_s"] > 0 and row["mfu"] is None and row["dtype"] == "float32"
   assert row["first_step_s"] > 0 and row["peak_mem_gib"] > 0
+  if case is CLIPS:
+    assert (row["num_frames"], row["tubelet_size"], row["masking"]) == (4, 2, "tube")
+    flops = _load("flops")
+    assert row["gflop_per_img"] * 1e9 == flops.variant_train_flops(
+        "tiny/8", 32, 3, 0.9, num_frames=4, tubelet_size=2, use_cls_token=False,
+        masking="tube")
   if hf:
-    theirs = [r for r in rows if r["impl"] == "hf_vitmae"]
+    theirs = [r for r in rows if r["impl"] == peer]
     assert len(theirs) == 1 and theirs[0]["attention"] == "sdpa"
     assert row["ratio_vs_hf"] == pytest.approx(row["img_per_s"] / theirs[0]["img_per_s"])
-    # same architecture: HF counts its two fixed position tables as parameters
-    assert theirs[0]["num_params"] - row["num_params"] == (17 * 128 + 17 * 64)
+    # the same architecture up to parameters that change nothing
+    assert theirs[0]["num_params"] - row["num_params"] == extra_params
+    assert np.isfinite(theirs[0]["loss"]) and np.isfinite(row["loss"])
+
+
+def test_throughput_benchmark_uses_config_libs_videomae_layout():
+  from mae_jax import config_lib
+  bench = _load("pretrain_throughput")
+  c = config_lib.pretrain_defaults("tiny/8")
+  config_lib.videomae_layout(c)
+  assert {k: c.model[k] for k in bench.VIDEOMAE_LAYOUT} == bench.VIDEOMAE_LAYOUT
+  before = config_lib.pretrain_defaults("tiny/8").model.to_dict()
+  assert {k for k in c.model.to_dict() if c.model[k] != before.get(k)} <= set(
+      bench.VIDEOMAE_LAYOUT)
 
 
 def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog):
