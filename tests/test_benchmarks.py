@@ -61,10 +61,12 @@ def jaxpr_matmul_flops(jaxpr) -> int:
   return total
 
 
-@pytest.mark.parametrize("frames,masking", [(0, "random"), (4, "random"), (4, "tube")])
-def test_flops_equal_the_matmuls_of_the_model(frames, masking):
+@pytest.mark.parametrize("frames,masking,cls", [(0, "random", True), (4, "random", False),
+                                               (4, "tube", False), (4, "random", True)])
+def test_flops_equal_the_matmuls_of_the_model(frames, masking, cls):
   """The formula against the model's own forward pass: images (cls token, 2-D
-  patches) and clips (no cls token, 2x8x8 tubelets, random or tube masking)."""
+  patches) and clips (2x8x8 tubelets, random or tube masking, with a cls token as
+  MAE-ST's Kinetics recipe or without as VideoMAE)."""
   import jax
   import jax.numpy as jnp
   from mae_jax import config_lib
@@ -73,7 +75,7 @@ def test_flops_equal_the_matmuls_of_the_model(frames, masking):
   c = config_lib.pretrain_defaults("tiny/8")
   if frames:
     config_lib.video_defaults(c, tubelet_size=2, num_frames=frames)
-    c.model.masking = masking
+    c.model.update(masking=masking, use_cls_token=cls)
   c.model.update(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
                  decoder_num_heads=2)
   c.data.update(image_size=32, channels=3)
