@@ -49,10 +49,28 @@ def video_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
   ``stride`` frames of a TFDS video (feature ``video_key``, label ``label_key``;
   ``mae_jax.data.video``). ``seed`` and ``num_items`` shape moving Fashion-MNIST."""
   c.model.update(tubelet_size=tubelet_size, mask_ratio=0.9, use_cls_token=False)
-  c.data.video = ml_collections.ConfigDict(dict(num_frames=num_frames, stride=4, seed=0,
-                                                num_items=1, video_key="video",
-                                                label_key="label"))
+  c.data.video = video_data(num_frames)
   c.probe.features = "mean"
+  return c
+
+
+def video_data(num_frames: int) -> ml_collections.ConfigDict:
+  """``data.video`` (keys as ``video_defaults`` describes them)."""
+  return ml_collections.ConfigDict(dict(num_frames=num_frames, stride=4, seed=0,
+                                        num_items=1, video_key="video", label_key="label"))
+
+
+def video_classifier_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
+                              num_frames: int = 16) -> ml_collections.ConfigDict:
+  """Turns a fine-tuning / linear-probe config into one on clips, for the encoder of a
+  ``video_defaults`` MAE: ``t x p x p`` spacetime patches, no cls token, so average
+  pooling (fine-tuning: ``fc_norm``; probe: the encoder's ``norm`` then the mean).
+  RandAugment is for images: off."""
+  c.model.update(tubelet_size=tubelet_size, use_cls_token=False,
+                 pool="avg" if c.task == "finetune" else "mean")
+  c.data.video = video_data(num_frames)
+  if "rand_augment" in c.data.augment:
+    c.data.augment.rand_augment = "none"
   return c
 
 
@@ -145,7 +163,9 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
       name=variant, patch_size=dims["patch_size"], embed_dim=dims["embed_dim"],
       depth=dims["depth"], num_heads=dims["num_heads"], mlp_ratio=dims["mlp_ratio"],
       pool="avg", drop_path=0.1, head_init_std=2e-5, dtype="float32",
-      param_dtype="float32", attention="xla", remat="none", scan_layers=False))
+      param_dtype="float32", attention="xla", remat="none", scan_layers=False,
+      # clips: video_classifier_defaults
+      tubelet_size=0, use_cls_token=True, pos_table="sincos"))
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),

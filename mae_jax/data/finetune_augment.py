@@ -324,7 +324,7 @@ def _finetune_transform(record: dict, rng: np.random.Generator, *, size, channel
   if rand_aug is not None:
     image = rand_augment(image, rng, rand_aug, fill)
   return {"image": image, "label": np.int32(record["label"]),
-          "erase": erase_params(rng, image.shape[0], image.shape[1], reprob)}
+          "erase": erase_params(rng, image.shape[-3], image.shape[-2], reprob)}
 
 
 def train_transform(data_config, mean, std):

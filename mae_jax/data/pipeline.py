@@ -150,6 +150,13 @@ def _eval_transform(record: dict, *, size, channels, crop_pct=0.875) -> dict:
   return {"image": image, "label": np.int32(record["label"])}
 
 
+def example_shape(data_config) -> tuple[int, ...]:
+  """Shape of one transformed example: ``(S, S, C)``, or ``(T, S, S, C)`` for a clip
+  dataset (a ``data.video`` section)."""
+  frames = (int(data_config.video.num_frames),) if "video" in data_config else ()
+  return frames + (int(data_config.image_size),) * 2 + (int(data_config.channels),)
+
+
 def stack_records(records):
   return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
@@ -303,9 +310,9 @@ def eval_batches(data_config, split: str, *, global_batch: int, rows=None,
   """``(number of batches, iterator factory)`` over a split, in order, padded.
 
   Global batch ``k`` holds examples ``[k*B, (k+1)*B)`` (centre crop at
-  ``data.eval_crop_pct``); rows past the end of the split are zeros with
-  ``valid == False``, as are skipped corrupt images (``data.skip_corrupt``). Images
-  are uint8. A process yields the ``rows`` of each global batch (all of them by
+  ``data.eval_crop_pct``, the same on every frame of a clip); rows past the end of
+  the split are zeros with ``valid == False``, as are skipped corrupt images
+  (``data.skip_corrupt``). Images are uint8. A process yields the ``rows`` of each global batch (all of them by
   default), so every process yields the same number of batches and the evaluated
   examples do not depend on the process count. Streamed: ImageNet's validation set
   does not fit in memory.
@@ -317,7 +324,7 @@ def eval_batches(data_config, split: str, *, global_batch: int, rows=None,
   size, channels = data_config.image_size, data_config.channels
   transform = functools.partial(_eval_transform, size=size, channels=channels,
                                 crop_pct=float(data_config.get("eval_crop_pct", 0.875)))
-  padding = {"image": np.zeros((size, size, channels), np.uint8), "label": np.int32(0),
+  padding = {"image": np.zeros(example_shape(data_config), np.uint8), "label": np.int32(0),
              "valid": np.bool_(False)}
   records = Records(source, data_config.get("skip_corrupt", False))
 

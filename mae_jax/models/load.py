@@ -15,8 +15,8 @@ import numpy as np
 from flax import traverse_util
 
 from mae_jax.errors import CheckpointError
-from mae_jax.models import stacking
-from mae_jax.models.pos_embed import resize_table, sincos_2d
+from mae_jax.models import registry, stacking
+from mae_jax.models.pos_embed import fixed_table, resize_table
 
 
 def _flat(tree) -> dict:
@@ -40,8 +40,39 @@ def source_params(path: str, sharding):
   params, step = ckpt_lib.restore_params(workdir, step, sharding)
   kind = (f"{src_config.task} workdir" if "num_classes" in src_config and "task" in src_config
           else "MAE workdir")
-  side = src_config.data.image_size // src_config.model.patch_size
-  return params, src_config, (side, side), f"{kind} {workdir} (step {step})"
+  if registry.tubelet_size(src_config):
+    kind = f"video {kind}"
+  return params, src_config, registry.patch_grid(src_config), f"{kind} {workdir} (step {step})"
+
+
+def check_layout(path: str, what: str, src_config, src: dict, dst: dict) -> None:
+  """A ``CheckpointError`` naming the key to change when the checkpoint's model takes
+  other inputs (images vs clips, another tubelet) or has (no) cls token."""
+  src_tubelet = registry.tubelet_size(src_config)
+  kernel = dst.get("patch_embed/proj/kernel")
+  dst_tubelet = _shape(kernel)[0] if kernel is not None and len(_shape(kernel)) == 5 else 0
+  head = f"config.init_from={path} ({what})"
+  if src_tubelet and not dst_tubelet:
+    raise CheckpointError(
+        f"{head} is a video model (model.tubelet_size={src_tubelet}) but the classifier "
+        "takes images; use a video classifier config (configs/finetune_video_fmnist.py, "
+        f"configs/linprobe_video_fmnist.py) or --config.model.tubelet_size={src_tubelet}.")
+  if dst_tubelet and not src_tubelet:
+    raise CheckpointError(
+        f"{head} is an image model but the classifier takes clips "
+        f"(model.tubelet_size={dst_tubelet}); give a video MAE workdir (mae-jax pretrain "
+        "--config=configs/pretrain_video_fmnist.py) or an image classifier config.")
+  if src_tubelet != dst_tubelet:
+    raise CheckpointError(
+        f"{head} has model.tubelet_size={src_tubelet} but the classifier {dst_tubelet}; "
+        f"set --config.model.tubelet_size={src_tubelet}.")
+  src_cls, dst_cls = "cls_token" in src, "cls_token" in dst
+  if src_cls != dst_cls:
+    fix = ("--config.model.use_cls_token=true" if src_cls else
+           "--config.model.use_cls_token=false (with model.pool=avg or mean)")
+    raise CheckpointError(
+        f"{head} has {'a' if src_cls else 'no'} cls token but the classifier "
+        f"{'has none' if src_cls else 'has one'}; set {fix}.")
 
 
 def load_pretrained(path: str, params, grid: tuple[int, int], sharding=None
@@ -72,18 +103,26 @@ def load_pretrained(path: str, params, grid: tuple[int, int], sharding=None
   source, src_config, src_grid, what = source_params(path, sharding)
   src = _flat(source)
   dst = _flat(jax.eval_shape(stacking.per_block, params))  # names as the checkpoint's
+  check_layout(path, what, src_config, src, dst)
+  prefix = int("cls_token" in dst)
   tensors, fresh, mismatched, missing = {}, [], [], []
 
   # The position table: learned in a classifier (resized bicubically as the official
   # code does), a fixed sin-cos constant of the MAE model (computed for the new grid).
   if "pos_embed" in source:
-    table = resize_table(np.asarray(source["pos_embed"])[0], tuple(grid), num_prefix=1,
+    if len(grid) == 3 and tuple(src_grid) != tuple(grid):
+      raise CheckpointError(
+          f"config.init_from={path} ({what}) has a learned spacetime position table for a "
+          f"{src_grid} patch grid, the classifier's grid is {tuple(grid)}; resizing it is "
+          "not supported: use the checkpoint's data.video.num_frames and data.image_size.")
+    table = resize_table(np.asarray(source["pos_embed"])[0], tuple(grid), num_prefix=prefix,
                          old_grid=src_grid)[None]
     if src_grid != tuple(grid):
       logging.info("init_from: position table resized %s -> %s (bicubic)", src_grid,
                    tuple(grid))
-  else:
-    table = sincos_2d(src_config.model.embed_dim, tuple(grid), cls_token=True)[None]
+  else:  # the MAE's fixed table, computed for the classifier's grid
+    table = fixed_table(src_config.model.get("pos_table", "sincos"),
+                        src_config.model.embed_dim, tuple(grid), bool(prefix))[None]
 
   reinit_notice = set()
   for name, value in dst.items():

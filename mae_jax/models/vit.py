@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mae_jax.models import attention as attention_lib
+from mae_jax.models import masking
 from mae_jax.models.stacking import LAYER_AXIS
 
 Dtype = Any
@@ -261,12 +262,13 @@ def token_init(std: float = 0.02):
 # ----------------------------------------------------------------------------- classifier
 
 
-def sincos_table_init(grid: tuple[int, int]):
-  """Initialiser of a learned ``[1, 1 + gh*gw, D]`` table: the fixed 2-D sin-cos table."""
+def fixed_table_init(kind: str, grid: tuple[int, ...], cls_token: bool):
+  """Initialiser of a learned ``[1, (1 +) L, D]`` table: the MAE's fixed table
+  (``pos_embed.fixed_table``: 2-D or 3-D sin-cos, or VideoMAE's 1-D sinusoid)."""
   def init(key, shape, dtype=jnp.float32):
     del key
-    from mae_jax.models.pos_embed import sincos_2d
-    return jnp.asarray(sincos_2d(shape[-1], grid, cls_token=True), dtype)[None]
+    from mae_jax.models.pos_embed import fixed_table
+    return jnp.asarray(fixed_table(kind, shape[-1], grid, cls_token), dtype)[None]
   return init
 
 
@@ -284,6 +286,14 @@ class VisionTransformer(nn.Module):
   * ``pool="avg"`` (fine-tuning default): mean of the patch tokens (cls excluded)
     then ``fc_norm``; the encoder's ``norm`` is not used and not created.
     ``pool="cls"`` (linear-probe default): ``norm`` then the cls token.
+    ``pool="mean"``: ``norm`` then the mean of the patch tokens (the encoder's own
+    features, as the pretraining probe's ``probe.features=mean``; the linear probe
+    of a model without a cls token).
+  * Clips (``tubelet_size > 0``): ``[B, T, H, W, C]`` inputs of ``num_frames`` frames
+    cut into ``t x p x p`` spacetime patches by the video MAE's ``PatchEmbed``; the
+    table starts as the MAE's fixed table for the ``(gt, gh, gw)`` grid
+    (``pos_table``: ``sincos`` 3-D, or VideoMAE's ``sinusoid_1d``).
+    ``use_cls_token=False`` (MAE-ST, VideoMAE) drops the cls token and its row.
   * ``head_norm=True`` puts a BatchNorm without affine (eps 1e-6) before the head,
     as the official linear probe; its statistics live in ``batch_stats``.
   * Drop path rises linearly from 0 to ``drop_path_rate`` over the blocks; the head
@@ -310,27 +320,43 @@ class VisionTransformer(nn.Module):
   attention: str = "xla"
   remat: str = "none"
   scan_layers: bool = False
+  tubelet_size: int = 0          # > 0: a video classifier on [B, T, H, W, C] clips
+  num_frames: int = 0
+  use_cls_token: bool = True
+  pos_table: str = "sincos"
+
+  POOLS = ("avg", "cls", "mean")
 
   @property
-  def grid(self) -> tuple[int, int]:
+  def input_shape(self) -> tuple[int, ...]:
+    """``(H, W)`` of an image, ``(T, H, W)`` of a clip."""
     h, w = ((self.image_size, self.image_size) if isinstance(self.image_size, int)
             else tuple(self.image_size))
-    if h % self.patch_size or w % self.patch_size:
-      raise ValueError(f"image size {(h, w)} is not divisible by patch size "
-                       f"{self.patch_size}")
-    return h // self.patch_size, w // self.patch_size
+    return (self.num_frames, h, w) if self.tubelet_size else (h, w)
+
+  @property
+  def grid(self) -> tuple[int, ...]:
+    """Patches per axis: ``(gh, gw)``, or ``(gt, gh, gw)`` for clips."""
+    if self.tubelet_size:
+      return masking.clip_grid(self.input_shape, self.patch_size, self.tubelet_size)
+    return masking.grid_size(self.input_shape, self.patch_size)
 
   def setup(self):
-    if self.pool not in ("avg", "cls"):
-      raise ValueError(f"pool must be 'avg' or 'cls', got {self.pool!r}")
-    gh, gw = self.grid
+    if self.pool not in self.POOLS:
+      raise ValueError(f"pool must be one of {self.POOLS}, got {self.pool!r}")
+    if self.pool == "cls" and not self.use_cls_token:
+      raise ValueError("pool='cls' needs a cls token (use_cls_token=True)")
+    grid = self.grid
+    prefix = int(self.use_cls_token)
     self.patch_embed = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
+                                  self.param_dtype, tubelet=self.tubelet_size)
+    if self.use_cls_token:
+      self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
                                   self.param_dtype)
-    self.cls_token = self.param("cls_token", token_init(), (1, 1, self.embed_dim),
+    table_init = fixed_table_init(self.pos_table, grid, self.use_cls_token)
+    self.pos_embed = self.param("pos_embed", logical(table_init, (None, None, "embed")),
+                                (1, prefix + math.prod(grid), self.embed_dim),
                                 self.param_dtype)
-    self.pos_embed = self.param("pos_embed",
-                                logical(sincos_table_init((gh, gw)), (None, None, "embed")),
-                                (1, 1 + gh * gw, self.embed_dim), self.param_dtype)
     self.drop_rates = tuple(self.drop_path_rate * i / max(self.depth - 1, 1)
                             for i in range(self.depth))
     self.blocks = make_blocks("blocks", self.depth, self.num_heads, remat=self.remat,
@@ -349,19 +375,28 @@ class VisionTransformer(nn.Module):
                       kernel_init=nn.initializers.truncated_normal(self.head_init_std))
 
   def features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """Pooled encoder features ``[B, D]`` (float32): avg + ``fc_norm``, or ``norm`` + cls."""
-    if images.shape[1:3] != tuple(s * self.patch_size for s in self.grid):
-      raise ValueError(f"model built for {self.grid[0] * self.patch_size}x"
-                       f"{self.grid[1] * self.patch_size} images, got shape {images.shape}")
+    """Pooled encoder features ``[B, D]`` (float32): avg + ``fc_norm``, ``norm`` + cls,
+    or ``norm`` + mean."""
+    shape = self.input_shape
+    if images.ndim != len(shape) + 2 or images.shape[1:-1] != shape:
+      what = "clips [B, T, H, W, C]" if self.tubelet_size else "images [B, H, W, C]"
+      raise ValueError(f"model built for {'x'.join(map(str, shape))} {what}, got shape "
+                       f"{images.shape}")
     x = self.patch_embed(images).astype(jnp.float32)
     b = x.shape[0]
-    cls = jnp.broadcast_to(self.cls_token.astype(jnp.float32), (b, 1, x.shape[-1]))
-    x = jnp.concatenate([cls, x], axis=1) + self.pos_embed.astype(jnp.float32)
+    prefix = int(self.use_cls_token)
+    if prefix:
+      cls = jnp.broadcast_to(self.cls_token.astype(jnp.float32), (b, 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = x + self.pos_embed.astype(jnp.float32)
     x = constrain(x, ("batch", "length", "act_embed"))
     x = run_blocks(self.blocks, x, not train, self.depth, self.drop_rates)
     if self.pool == "avg":
-      return self.fc_norm(x[:, 1:].mean(axis=1)).astype(jnp.float32)
-    return self.norm(x)[:, 0].astype(jnp.float32)
+      return self.fc_norm(x[:, prefix:].mean(axis=1)).astype(jnp.float32)
+    x = self.norm(x)
+    if self.pool == "mean":
+      return x[:, prefix:].mean(axis=1).astype(jnp.float32)
+    return x[:, 0].astype(jnp.float32)
 
   def logits(self, features: jax.Array, train: bool = False) -> jax.Array:
     """Head on pooled features: ``[B, num_classes]`` float32 logits."""

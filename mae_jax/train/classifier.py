@@ -33,6 +33,7 @@ from mae_jax.data.sources import open_source
 from mae_jax.errors import CheckpointError, ConfigError
 from mae_jax.models import load as load_lib
 from mae_jax.models import registry, stacking
+from mae_jax.models.pos_embed import TABLES
 from mae_jax.models.vit import VisionTransformer
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import evaluators as evaluators_lib
@@ -57,24 +58,39 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
   if m.embed_dim % m.num_heads:
     raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by "
                       f"model.num_heads={m.num_heads}.")
-  if m.embed_dim % 4:
-    raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by 4 (sin-cos "
-                      "position table).")
-  if config.data.image_size % m.patch_size:
-    raise ConfigError(f"data.image_size={config.data.image_size} is not divisible by "
-                      f"model.patch_size={m.patch_size}.")
-  if m.pool not in ("avg", "cls"):
-    raise ConfigError(f"model.pool={m.pool!r} must be 'avg' (fine-tuning) or 'cls' "
-                      "(linear probe).")
+  tubelet = registry.tubelet_size(config)
+  use_cls = bool(m.get("use_cls_token", True))
+  pos_table = m.get("pos_table", "sincos")
+  if pos_table not in TABLES:
+    raise ConfigError(f"model.pos_table={pos_table!r} is unknown; choose one of "
+                      f"{', '.join(TABLES)}.")
+  if pos_table == "sincos" and m.embed_dim % (16 if tubelet else 4):
+    raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by "
+                      f"{16 if tubelet else 4} ({3 if tubelet else 2}-D sin-cos position "
+                      "table).")
+  if tubelet and "video" not in config.data:
+    raise ConfigError(f"model.tubelet_size={tubelet} makes a video classifier but the "
+                      "config has no data.video section; start from "
+                      "configs/finetune_video_fmnist.py or config_lib.video_classifier.")
+  pools = VisionTransformer.POOLS if use_cls else ("avg", "mean")
+  if m.pool not in pools:
+    raise ConfigError(f"model.pool={m.pool!r} must be one of {', '.join(pools)} ('avg': "
+                      "fine-tuning, 'cls' or 'mean': linear probe"
+                      f"{'' if use_cls else '; the model has no cls token'}).")
   if not 0.0 <= m.get("drop_path", 0.0) < 1.0:
     raise ConfigError(f"model.drop_path={m.drop_path} must be in [0, 1).")
-  return VisionTransformer(
+  model = VisionTransformer(
       num_classes=int(config.num_classes), image_size=int(config.data.image_size),
       patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, pool=m.pool, drop_path_rate=float(m.get("drop_path", 0.0)),
       head_init_std=float(m.head_init_std), head_norm=head_norm,
       dtype=registry.dtype(m.dtype), param_dtype=registry.dtype(m.param_dtype),
-      attention=m.attention, remat=m.remat, scan_layers=bool(m.get("scan_layers", False)))
+      attention=m.attention, remat=m.remat, scan_layers=bool(m.get("scan_layers", False)),
+      tubelet_size=tubelet,
+      num_frames=int(config.data.video.num_frames) if tubelet else 0,
+      use_cls_token=use_cls, pos_table=pos_table)
+  model.grid  # pylint: disable=pointless-statement  (a ConfigError if it does not tile)
+  return model
 
 
 def create_state(model, opt_init, mesh, image_shape, seed: int = 0,
@@ -128,7 +144,8 @@ def head_only(opt_init):
 def mix_batch(images, labels, mix, *, num_classes: int, smoothing: float):
   """timm ``Mixup`` (batch mode) on the global batch, from ``MixInfo.as_vector()``.
 
-  ``images`` are mixed with ``images[::-1]``: pixels inside the cutmix box come
+  ``images`` (``[B, H, W, C]``, or ``[B, T, H, W, C]`` clips: the same box on every
+  frame) are mixed with ``images[::-1]``: pixels inside the cutmix box come
   from the reversed batch, the rest are ``pixel_lam * x + (1 - pixel_lam) * x[::-1]``;
   targets are label-smoothed one-hots mixed by ``target_lam``. Equal to the NumPy
   ``finetune_augment.mixup_cutmix`` for the same draws.
@@ -136,33 +153,35 @@ def mix_batch(images, labels, mix, *, num_classes: int, smoothing: float):
   flipped = images[::-1]
   pixel_lam, target_lam = mix[0], mix[1]
   y0, y1, x0, x1 = mix[2], mix[3], mix[4], mix[5]
-  h = jnp.arange(images.shape[1], dtype=jnp.float32)[:, None]
-  w = jnp.arange(images.shape[2], dtype=jnp.float32)[None, :]
+  h = jnp.arange(images.shape[-3], dtype=jnp.float32)[:, None]
+  w = jnp.arange(images.shape[-2], dtype=jnp.float32)[None, :]
   box = (h >= y0) & (h < y1) & (w >= x0) & (w < x1)
   mixed = images * pixel_lam + flipped * (1.0 - pixel_lam)
-  out = jnp.where(box[None, :, :, None], flipped, mixed.astype(images.dtype))
+  out = jnp.where(box[:, :, None], flipped, mixed.astype(images.dtype))
   off = smoothing / num_classes
   y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
   return out, y * target_lam + y[::-1] * (1.0 - target_lam)
 
 
 def erase_batch(images, boxes, key, mode: str = "pixel"):
-  """timm RandomErasing on normalised ``[B, H, W, C]`` images, one box per image from
+  """timm RandomErasing on normalised ``[B, H, W, C]`` images (or ``[B, T, H, W, C]``
+  clips: the box on every frame), one box per image from
   ``finetune_augment.erase_params`` (``[B, 4]`` top, left, h, w; h = 0: none).
 
   Inside a box pixels become N(0, 1) noise (``pixel``: per pixel and channel;
   ``rand``: one value per channel; ``const``: 0), as ``finetune_augment.random_erasing``
   does on the host (same boxes, other noise draws).
   """
-  b, h, w, c = images.shape
-  top, left, height, width = (boxes[:, i, None, None] for i in range(4))
-  rows = jnp.arange(h)[None, :, None]
-  cols = jnp.arange(w)[None, None, :]
+  b, (h, w, c) = images.shape[0], images.shape[-3:]
+  frames = (1,) * (images.ndim - 4)   # a clip's time axis
+  top, left, height, width = (boxes[:, i].reshape((b,) + frames + (1, 1)) for i in range(4))
+  rows = jnp.arange(h)[:, None]
+  cols = jnp.arange(w)[None, :]
   inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
   if mode == "pixel":
     fill = jax.random.normal(key, images.shape, images.dtype)
   elif mode == "rand":
-    fill = jax.random.normal(key, (b, 1, 1, c), images.dtype)
+    fill = jax.random.normal(key, (b,) + frames + (1, 1, c), images.dtype)
   else:
     fill = jnp.zeros((), images.dtype)
   return jnp.where(inside[..., None], fill, images)
@@ -249,6 +268,10 @@ def validate(config) -> None:
                       "model.drop_path must be 0.")
   if task == "finetune":
     aug = config.data.augment
+    if registry.tubelet_size(config) and aug.rand_augment not in ("", "none"):
+      raise ConfigError(f"data.augment.rand_augment={aug.rand_augment!r} works on images, "
+                        "not clips; set --config.data.augment.rand_augment=none for a "
+                        "video classifier.")
     if (aug.mixup > 0 or aug.cutmix > 0) and config.batch_size % 2:
       raise ConfigError("mixup/cutmix pair each image with another: batch_size must be "
                         "even.")
@@ -286,10 +309,9 @@ class ClassifierTask:
 
   def build(self, mesh, schedule, lr_fn, abstract: bool = False):
     c = self.config
-    image_shape = (1, c.data.image_size, c.data.image_size, c.data.channels)
     tx, opt_init = optimizer(c, schedule)
-    state, shardings = create_state(self.model, opt_init, mesh, image_shape, c.seed,
-                                    self.ema_decay, abstract)
+    state, shardings = create_state(self.model, opt_init, mesh, registry.input_shape(c),
+                                    c.seed, self.ema_decay, abstract)
     pixel_stats = pipeline.normalization(c.data, dataset_required=not abstract)
     if self.finetune:
       aug = c.data.augment
@@ -321,7 +343,7 @@ class ClassifierTask:
     c = self.config
     b, size = c.batch_size, c.data.image_size
     erase = finetune_augment.erase_params(np.random.default_rng(0), size, size, 0.0)
-    shapes = {"image": ((b, size, size, c.data.channels), jnp.uint8),
+    shapes = {"image": (registry.input_shape(c, b), jnp.uint8),
               "label": ((b,), jnp.int32),
               "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
                       jnp.float32),
@@ -391,8 +413,8 @@ def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0)
   # the optimizer state's structure needs no schedule
   _, opt_init = optimizer(config, lambda count: 0.0)
   ema_decay = _ema_decay(config)
-  image_shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
-  state, _ = create_state(model, opt_init, mesh, image_shape, config.seed, ema_decay)
+  state, _ = create_state(model, opt_init, mesh, registry.input_shape(config), config.seed,
+                          ema_decay)
   flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
   state = state.replace(step=jnp.asarray(step, jnp.int32),
                         params=place(flat(stacking.per_block(params)), state.params))
