@@ -13,7 +13,8 @@ from flax import traverse_util
 
 from conftest import load_config, run_cli
 from mae_jax.data import augment, finetune_augment, pipeline
-from mae_jax.errors import CheckpointError, ConfigError
+from mae_jax.errors import CheckpointError, ConfigError, UserError
+from mae_jax.export import classifier as export_classifier
 from mae_jax.models import load as load_lib
 from mae_jax.models import registry
 from mae_jax.models.pos_embed import fixed_table
@@ -150,6 +151,9 @@ def test_mismatched_init_from_is_one_clear_error(tmp_path, video_mae):
   with pytest.raises(CheckpointError, match="is a video model .*tubelet_size=2.* takes "
                      "images"):
     load_lib.load_pretrained(video_workdir, abstract_params(model, image), model.grid)
+
+  with pytest.raises(UserError, match="video classifier .* has no timm export"):
+    export_classifier.to_torch_state_dict({}, {}, classifier_config("finetune"), "timm")
 
   # config errors
   bad = classifier_config("finetune")

@@ -81,6 +81,10 @@ def to_torch_state_dict(params, batch_stats, config, fmt: str) -> dict[str, np.n
   if fmt == "videomae":
     raise UserError("--format=videomae writes VideoMAEForPreTraining, a pretraining model; "
                     "export a classifier with --format=official, timm or hf.")
+  if int(m.get("tubelet_size", 0)) or not m.get("use_cls_token", True):
+    raise UserError(f"a video classifier (model.tubelet_size={m.get('tubelet_size', 0)}, "
+                    f"use_cls_token={m.get('use_cls_token', True)}) has no {fmt} export: "
+                    "the formats hold image ViTs; evaluate it with mae-jax evaluate.")
   if fmt == "hf" and m.pool != "cls":
     raise UserError("a fine-tuned model (mean pooling + fc_norm) has no Hugging Face class "
                     "that computes the same thing (ViTForImageClassification reads the cls "
