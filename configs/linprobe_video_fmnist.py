@@ -29,14 +29,11 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, steps=300, variant="tiny/8", num_frames=8, tubelet=2,
                              hf_layout=False)
   c = config_lib.linprobe_defaults(arg.variant)
-  config_lib.video_classifier_defaults(c, tubelet_size=arg.tubelet, num_frames=arg.num_frames)
-  if arg.hf_layout:
-    c.model.pos_table = "sinusoid_1d"
+  config_lib.video_classifier_defaults(c, tubelet_size=arg.tubelet, num_frames=arg.num_frames,
+                                       hf_layout=arg.hf_layout)
+  config_lib.moving_fmnist(c, canvas=64)
   c.num_classes = 10
-  c.data.update(name="moving_fashion_mnist", source="auto", split="train",
-                eval_split="test", image_size=64, channels=1, num_threads=0,
-                eval_max_examples=2000)
-  c.data.augment.update(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0), hflip=True)
+  c.data.eval_max_examples = 2000
   c.batch_size = 64
   c.eval_batch_size = 250
   c.num_train_steps = arg.steps

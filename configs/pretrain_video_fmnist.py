@@ -17,10 +17,8 @@ def get_config(arg=None):
   if arg.hf_layout:
     config_lib.videomae_layout(c)
   c.model.norm_pix_loss = False   # plain pixels, as the image demo
-  c.data.update(name="moving_fashion_mnist", source="auto", split="train", eval_split="test",
-                image_size=64, channels=1, num_threads=0)
   # The items already move across the canvas; crops would cut them off.
-  c.data.augment.update(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0), hflip=True)
+  config_lib.moving_fmnist(c, canvas=64)
   c.batch_size = 32
   c.num_train_steps = arg.steps
   c.optim.update(base_lr=1.5e-3, warmup_epochs=0, min_lr=1e-5)

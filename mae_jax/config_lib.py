@@ -61,13 +61,15 @@ def video_data(num_frames: int) -> ml_collections.ConfigDict:
 
 
 def video_classifier_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,
-                              num_frames: int = 16) -> ml_collections.ConfigDict:
+                              num_frames: int = 16, hf_layout: bool = False
+                              ) -> ml_collections.ConfigDict:
   """Turns a fine-tuning / linear-probe config into one on clips, for the encoder of a
-  ``video_defaults`` MAE: ``t x p x p`` spacetime patches, no cls token, so average
-  pooling (fine-tuning: ``fc_norm``; probe: the encoder's ``norm`` then the mean).
-  RandAugment is for images: off."""
+  ``video_defaults`` MAE (``hf_layout``: of a ``videomae_layout`` one): ``t x p x p``
+  spacetime patches, no cls token, so average pooling (fine-tuning: ``fc_norm``;
+  probe: the encoder's ``norm`` then the mean). RandAugment is for images: off."""
   c.model.update(tubelet_size=tubelet_size, use_cls_token=False,
-                 pool="avg" if c.task == "finetune" else "mean")
+                 pool="avg" if c.task == "finetune" else "mean",
+                 pos_table="sinusoid_1d" if hf_layout else "sincos")
   c.data.video = video_data(num_frames)
   if "rand_augment" in c.data.augment:
     c.data.augment.rand_augment = "none"
@@ -78,6 +80,16 @@ def videomae_layout(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The choices Hugging Face ``VideoMAEForPreTraining`` fixes, so the model exports to it."""
   c.model.update(use_cls_token=False, pos_table="sinusoid_1d", decoder_embed_bias=False,
                  norm_pix_per_channel=True, decoder_norm_eps=1e-5)
+  return c
+
+
+def moving_fmnist(c: ml_collections.ConfigDict, canvas: int = 64) -> ml_collections.ConfigDict:
+  """``data`` for the embedded moving Fashion-MNIST clips (``canvas`` pixels square),
+  with no crops (the items move over the whole canvas; a crop would cut them off)
+  and a flip per clip."""
+  c.data.update(name="moving_fashion_mnist", source="auto", split="train", eval_split="test",
+                image_size=canvas, channels=1, num_threads=0)
+  c.data.augment.update(rrc_scale=(1.0, 1.0), rrc_ratio=(1.0, 1.0), hflip=True)
   return c
 
 
