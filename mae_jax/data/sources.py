@@ -322,7 +322,8 @@ def _image_config(data_config, name: str):
   out = data_config.copy_and_resolve_references()
   out.name = name
   if "video" in out:
-    del out["video"]
+    with out.unlocked():   # command-line configs are locked
+      del out["video"]
   return out
 
 
