@@ -14,6 +14,10 @@ Both run a ``VisionTransformer`` initialised from a pretrained workdir
   output passes through ``stop_gradient`` and the optimizer state covers the head
   alone), LARS; RandomResizedCrop + flip only.
 
+With ``model.tubelet_size > 0`` (``config_lib.video_classifier_defaults``) both take
+clips ``[B, T, H, W, C]`` with the video MAE's encoder; the pipeline, mixing and
+erasing treat every frame of a clip alike (RandAugment is refused for clips).
+
 Top-1 / top-5 on ``data.eval_split`` every ``eval_every_steps`` (0: every epoch) and
 at the end, in ``W/eval.json`` with the best step.
 """
@@ -71,7 +75,7 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
   if tubelet and "video" not in config.data:
     raise ConfigError(f"model.tubelet_size={tubelet} makes a video classifier but the "
                       "config has no data.video section; start from "
-                      "configs/finetune_video_fmnist.py or config_lib.video_classifier.")
+                      "configs/finetune_video_fmnist.py or config_lib.video_classifier_defaults.")
   pools = VisionTransformer.POOLS if use_cls else ("avg", "mean")
   if m.pool not in pools:
     raise ConfigError(f"model.pool={m.pool!r} must be one of {', '.join(pools)} ('avg': "
@@ -89,7 +93,7 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
       tubelet_size=tubelet,
       num_frames=int(config.data.video.num_frames) if tubelet else 0,
       use_cls_token=use_cls, pos_table=pos_table)
-  model.grid  # pylint: disable=pointless-statement  (a ConfigError if it does not tile)
+  _ = model.grid   # a ConfigError now if the images or clips do not tile into patches
   return model
 
 
