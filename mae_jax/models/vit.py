@@ -227,8 +227,31 @@ def run_blocks(blocks, x: jax.Array, deterministic: bool, depth: int,
   return scan(blocks, x, rates)[0]
 
 
+class PatchProjection(nn.Module):
+  """The kernel ``[*window, C, D]`` and bias ``[D]`` of a stride-``window`` convolution,
+  applied as one matmul to ``patchify`` output: the same parameters and numbers as
+  ``nn.Conv``, without a convolution. XLA's CPU backend runs the matmul 1.5-2x faster
+  for images and ~3x faster for clips (forward + kernel gradient), and accelerators
+  run both as a matmul."""
+  features: int
+  window: tuple[int, ...]
+  kernel_init: Callable
+  bias_init: Callable
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:
+    channels = patches.shape[-1] // math.prod(self.window)
+    kernel = self.param("kernel", self.kernel_init, self.window + (channels, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    kernel = kernel.reshape(-1, self.features).astype(self.dtype)
+    return jnp.dot(patches.astype(self.dtype), kernel) + bias.astype(self.dtype)
+
+
 class PatchEmbed(nn.Module):
-  """Non-overlapping patch projection, a stride-p convolution.
+  """Non-overlapping patch projection, a stride-p convolution computed as a matmul.
 
   The kernel is ``[p, p, C, D]``; flattened to ``[p*p*C, D]`` it acts on
   ``patchify`` output (row, col, channel order). Xavier-uniform over that
@@ -247,12 +270,12 @@ class PatchEmbed(nn.Module):
     p = self.patch_size
     window = (self.tubelet, p, p) if self.tubelet else (p, p)
     inputs = tuple(range(len(window) + 1))
-    x = nn.Conv(self.embed_dim, window, strides=window, padding="VALID", dtype=self.dtype,
-                param_dtype=self.param_dtype, name="proj",
-                kernel_init=logical(xavier(in_axis=inputs, out_axis=len(inputs)),
-                                    (None,) * len(inputs) + ("embed",)),
-                bias_init=logical(nn.initializers.zeros, ("embed",)))(images)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    return PatchProjection(
+        self.embed_dim, window, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
+        kernel_init=logical(xavier(in_axis=inputs, out_axis=len(inputs)),
+                            (None,) * len(inputs) + ("embed",)),
+        bias_init=logical(nn.initializers.zeros, ("embed",)))(
+            masking.patchify_any(images, p, self.tubelet))
 
 
 def token_init(std: float = 0.02):
