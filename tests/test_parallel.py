@@ -1,4 +1,5 @@
-"""Meshes, sharding rules, FSDP memory, resharding restore and remat on fake CPU devices.
+"""Meshes, sharding rules, FSDP memory, resharding restore and remat on fake CPU devices,
+for the image MAE and the video MAE (clips, spacetime patches, tube masking).
 
 The multi-device cases need 8 CPU devices, which must be set before JAX starts:
 the module runs itself once as ``python tests/test_parallel.py`` with
@@ -16,6 +17,7 @@ from conftest import TINY_FLAGS, eight_device_report, load_config, run_cli, tiny
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 8, 1), (1, 1, 8)]
 STEPS = 8
+VIDEO_STEPS = 3
 RTOL = 2e-3
 
 
@@ -24,6 +26,18 @@ def parallel_config(steps: int = STEPS, batch: int = 16):
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=steps, batch=batch)
   config.model.update(embed_dim=64, num_heads=8, decoder_embed_dim=64, decoder_num_heads=8)
   config.optim.base_lr = 4e-3  # large enough that the 8 steps move the loss
+  return config
+
+
+def video_parallel_config(steps: int = VIDEO_STEPS, batch: int = 8):
+  """The video demo shrunk: 4 frames of 32x32, tubelets 2x8x8, tube masking."""
+  config = tiny_overrides(load_config("pretrain_video_fmnist", "masking=tube"), steps=steps,
+                          batch=batch)
+  config.model.update(embed_dim=64, num_heads=8, decoder_embed_dim=64, decoder_num_heads=8,
+                      patch_size=8)
+  config.data.image_size = 32
+  config.data.video.num_frames = 4
+  config.optim.base_lr = 4e-3
   return config
 
 
@@ -41,8 +55,8 @@ def _setup(config, devices, mesh_shape):
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, num_steps,
                                           per_epoch)
   tx = optim.adamw(config.optim, schedule)
-  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
-  state, shardings = step_lib.create_train_state(model, tx, mesh, shape, config.seed)
+  state, shardings = step_lib.create_train_state(model, tx, mesh,
+                                                 registry.input_shape(config), config.seed)
   step = step_lib.make_train_step(model, tx, mesh, shardings, schedule, config.seed)
   del jax
   return mesh, model, tx, state, shardings, step
@@ -110,6 +124,13 @@ def worker() -> dict:
       load_step=loaded.step, load_equal=all(jax.tree.leaves(one_device)),
       qkv_spec=str(restored.params["blocks_0"]["attn"]["qkv"]["kernel"].sharding.spec))
   report["remat"] = remat_losses_and_grads(config, images[0][:4])
+
+  video = video_parallel_config()
+  clips = [rng.integers(0, 256, size=registry.input_shape(video, video.batch_size))
+           .astype(np.float32) / 255 for _ in range(VIDEO_STEPS)]
+  report["video"] = {"1": _run(video, clips, jax.devices()[:1], (1, 1, 1))[0],
+                     "2x2x2": _run(video, clips, jax.devices(), (2, 2, 2))[0]}
+  report["video_remat"] = remat_losses_and_grads(video, clips[0][:4])
   report["batch_rows"] = list(sharding_lib.process_batch_rows(
       sharding_lib.batch_sharding(jax.make_mesh((8, 1, 1), ("data", "fsdp", "model"))), 16))
   return report
@@ -178,9 +199,20 @@ def test_process_rows_cover_the_batch_in_order(report):
   assert report["batch_rows"] == list(range(16))
 
 
+def test_video_mesh_matches_one_device(report):
+  """Clips take the same sharding rules: data x fsdp x model equals one device."""
+  want, got = report["video"]["1"], report["video"]["2x2x2"]
+  assert len(got["losses"]) == VIDEO_STEPS
+  np.testing.assert_allclose(got["losses"], want["losses"], rtol=RTOL)
+  np.testing.assert_allclose(got["grad_norms"], want["grad_norms"], rtol=RTOL)
+  assert got["max_bytes"] < want["max_bytes"] / 2  # fsdp and model split the state
+
+
+@pytest.mark.parametrize("model", ["image", "video"])
 @pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_policy_gives_same_loss_and_grads(report, policy):
-  none, got = report["remat"]["none"], report["remat"][policy]
+def test_remat_policy_gives_same_loss_and_grads(report, policy, model):
+  remat = report["remat" if model == "image" else "video_remat"]
+  none, got = remat["none"], remat[policy]
   np.testing.assert_allclose(got["loss"], none["loss"], rtol=1e-5)
   assert got["grad_diff"] <= 1e-5 * none["grad_scale"] + 1e-7, (got, none)
   assert none["grad_scale"] > 0
