@@ -11,7 +11,7 @@ checkpoint's config either way; the key only matters without ``init_from``).
 The official image probe (``configs/linprobe_fmnist.py``: BatchNorm + linear head,
 LARS) with what clips change:
 
-* no cls token (MAE-ST and VideoMAE have none): the features are the mean of the
+* no cls token (the video demo pretrains without one, as VideoMAE): the features are the mean of the
   patch tokens after the encoder's ``norm`` (``model.pool=mean``), the features
   the pretraining's quick probe reports as ``linear_probe_top1``;
 * no crops, flips kept: the items move across the whole 64x64 canvas and a crop
