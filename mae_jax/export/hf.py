@@ -80,12 +80,14 @@ def _square(value, what: str) -> int:
   return int(value)
 
 
-def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
-  """Architecture dict (official names) from a ``ViTMAEConfig`` JSON."""
+def arch_from_metadata(meta: Mapping[str, Any], model_type: str = "vit_mae",
+                       family: str = "MAE") -> tuple[dict, list[str]]:
+  """Architecture dict (official names) from a ``ViTMAEConfig`` JSON (or, with
+  ``model_type="videomae"``, the keys a ``VideoMAEConfig`` shares with it)."""
   notices = []
-  if meta.get("model_type", "vit_mae") != "vit_mae":
+  if meta.get("model_type", model_type) != model_type:
     raise CheckpointError(f"config.json has model_type={meta.get('model_type')!r}, not "
-                          "'vit_mae'.")
+                          f"{model_type!r}.")
   if not meta.get("qkv_bias", True):
     raise CheckpointError("config.json has qkv_bias=false; MAE's attention has a qkv bias.")
   act = meta.get("hidden_act", "gelu")
@@ -93,8 +95,8 @@ def arch_from_metadata(meta: Mapping[str, Any]) -> tuple[dict, list[str]]:
     raise CheckpointError(f"config.json has hidden_act={act!r}; MAE uses the exact 'gelu'.")
   eps = meta.get("layer_norm_eps", 1e-12)
   if abs(float(eps) - 1e-6) > 1e-12:
-    notices.append(f"config.json says layer_norm_eps={eps}; MAE weights are trained with "
-                   "1e-6, which mae_jax uses.")
+    notices.append(f"config.json says layer_norm_eps={eps}; {family} weights are trained "
+                   "with 1e-6, which mae_jax uses.")
   arch = {}
   pairs = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"),
            ("num_attention_heads", "num_heads"), ("num_channels", "in_chans"),

@@ -96,8 +96,7 @@ def config_from_metadata(meta: Mapping[str, Any] | None, source: str
     if meta.get(key, default) != needed:
       raise CheckpointError(f"cannot import {source}: config.json has {key}="
                             f"{meta.get(key, default)!r}, but {why}.")
-  arch, notices = hf.arch_from_metadata(dict(meta, model_type="vit_mae"))
-  notices = [n.replace("MAE weights are", "VideoMAE weights are") for n in notices]
+  arch, notices = hf.arch_from_metadata(meta, model_type="videomae", family="VideoMAE")
   dropout = {k: meta.get(k, 0.0) for k in ("hidden_dropout_prob",
                                             "attention_probs_dropout_prob")}
   if any(dropout.values()):
