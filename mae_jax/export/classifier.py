@@ -32,6 +32,7 @@ import numpy as np
 
 from mae_jax.errors import CheckpointError, UserError
 from mae_jax.export import names, official
+from mae_jax.export.mae import default_num_heads, set_path
 
 LN_EPS = 1e-6
 
@@ -161,7 +162,6 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], fmt: str,
                           source: str = "the state dict"):
   """``(params, batch_stats, config)`` of an official / timm classifier state dict."""
   from mae_jax import config_lib
-  from mae_jax.export import default_num_heads
   if fmt not in ("official", "timm"):
     raise UserError(f"importing a classifier reads --format=official or timm, not {fmt}.")
   sd = {k: np.asarray(v) for k, v in sd.items()}
@@ -196,7 +196,6 @@ def from_torch_state_dict(sd: Mapping[str, np.ndarray], fmt: str,
                               f"missing {', '.join(missing[:8])}" if missing else "",
                               f"unexpected {', '.join(unexpected[:8])}" if unexpected else "")
                                       if p) + ".")
-  from mae_jax.export import set_path
   from mae_jax.train import classifier
   model = classifier.build_classifier(config)
   shapes = _classifier_shapes(model, config)
