@@ -51,7 +51,8 @@ import grain
 import numpy as np
 
 from mae_jax.data import augment
-from mae_jax.data.sources import default_stats, open_source
+from mae_jax.data.sources import open_source
+from mae_jax.data.stats import default_stats
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 
@@ -361,7 +362,7 @@ def normalization(data_config, dataset_required: bool = True):
 
   With ``dataset_required=False`` (images from elsewhere, e.g. ``visualize
   --images``) a dataset that is not available here falls back to
-  ``sources.default_stats`` of its name and channels (or ``data.mean/std``).
+  ``stats.default_stats`` of its name and channels (or ``data.mean/std``).
   """
   try:
     return normalization_stats(open_source(data_config, data_config.split), data_config)

@@ -1,7 +1,9 @@
 """Random-access image sources: IDX files (the embedded Fashion-MNIST), TFDS, and
 folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFolder);
-``open_source`` also opens the clip sources (moving Fashion-MNIST, and TFDS video
-datasets through ``mae_jax.data.video`` when the config has ``data.video``).
+``open_source`` opens the one ``config.data`` names (``OPENERS``: one opener per
+``data.source``), clip sources included: moving Fashion-MNIST
+(``mae_jax.data.moving_fmnist``) and TFDS video datasets (``mae_jax.data.video``,
+when the config has ``data.video``).
 
 Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
 ``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import io
 import logging
 import os
 import struct
@@ -21,29 +22,20 @@ import struct
 import numpy as np
 
 from mae_jax import fileio
+from mae_jax.data import moving_fmnist, video
+from mae_jax.data.decode import decode_image, image_mode
+from mae_jax.data.stats import FASHION_MNIST_MEAN, FASHION_MNIST_STD, default_stats
+from mae_jax.data.tfds_split import open_tfds
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 # The Debian package `dataset-fashion-mnist` installs the IDX files here.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
-# Per-channel statistics of the Fashion-MNIST training split.
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: the files an ImageFolder reads
 # (matched case-insensitively); other files are ignored, as there.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SOURCES = ("auto", "idx", "tfds", "folder")
-
-
-def default_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Normalisation of a dataset without its own statistics in ``data.mean/std``."""
-  if name == "fashion_mnist":
-    return FASHION_MNIST_MEAN, FASHION_MNIST_STD
-  if channels == 3:
-    return IMAGENET_MEAN, IMAGENET_STD
-  return (0.5,), (0.5,)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
@@ -117,37 +109,6 @@ def fashion_mnist_idx(idx_dir: str, split: str) -> ArraySource:
                      FASHION_MNIST_STD, name=f"fashion_mnist:{split}")
 
 
-def open_tfds(name: str, split: str, data_dir: str | None, download: bool, decoders=None):
-  """``(builder.info, data source)`` of split ``split`` of a prepared TFDS dataset read
-  through ``builder.as_data_source`` (ArrayRecord), or a one-line ``DataError`` saying
-  how to prepare it. ``decoders(info)`` gives ``as_data_source``'s decoders."""
-  import tensorflow_datasets as tfds  # only the input pipeline needs TFDS
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None)
-    if download and not builder.is_prepared():
-      builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
-      builder.download_and_prepare(file_format="array_record")
-    info = builder.info
-    if builder.is_prepared() and not (info.available_file_formats() &
-                                      set(tfds.core.FileFormat.with_random_access())):
-      raise DataError(
-          f"TFDS dataset {name!r} in {data_dir or 'the default data_dir'} is stored as "
-          f"{info.file_format.value}, which has no random access: convert it once with "
-          f"`mae-jax prepare --dataset={name} --data_dir={data_dir or 'DIR'} --convert` "
-          "(adds ArrayRecord files beside it).")
-    source = builder.as_data_source(split=split,
-                                    decoders=decoders(info) if decoders else None)
-  except DataError:
-    raise
-  except Exception as e:  # tfds raises many types; they all mean "not usable"
-    raise DataError(
-        f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir or 'default'}) is not "
-        f"available: {str(e).splitlines()[0][:300]}. Prepare it with `mae-jax prepare "
-        f"--dataset={name} --data_dir={data_dir or 'DIR'}` (add --manual_dir=DIR for a "
-        "manual download such as imagenet2012: the directory holding its archives).") from None
-  return info, source
-
-
 class TfdsSource:
   """``tfds.data_source`` (ArrayRecord) over any prepared TFDS dataset.
 
@@ -189,12 +150,6 @@ class TfdsSource:
 # ----------------------------------------------------------------- image folders
 
 
-def _image_mode(channels: int) -> str:
-  if channels not in (1, 3):
-    raise ConfigError(f"data.channels must be 1 or 3, got {channels}.")
-  return "L" if channels == 1 else "RGB"
-
-
 def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   """The image file at ``path`` (local or ``gs://``, through ``mae_jax.fileio``)
   as uint8 ``[H, W, channels]``: grey, palette, RGBA and CMYK images are converted
@@ -203,7 +158,7 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   A file that cannot be read or decoded raises ``CorruptImageError`` naming it.
   """
   from mae_jax.data import jpeg
-  _image_mode(channels)
+  image_mode(channels)
   try:
     data = fileio.read_bytes(path)
   except OSError as e:
@@ -213,21 +168,6 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   if lazy_jpeg and data[:2] == b"\xff\xd8":
     return jpeg.JpegImage(data, channels, str(path))
   return decode_image(data, channels, str(path))
-
-
-def decode_image(data: bytes, channels: int, where: str) -> np.ndarray:
-  """Encoded image bytes (any format PIL reads) as uint8 ``[H, W, channels]``;
-  ``CorruptImageError`` naming ``where`` if they cannot be decoded."""
-  from PIL import Image
-  from mae_jax.data import jpeg
-  mode = _image_mode(channels)
-  try:
-    image = Image.open(io.BytesIO(data))
-    image = image if image.mode == mode else image.convert(mode)
-    out = np.asarray(image)
-  except jpeg.DECODE_ERRORS as e:
-    raise jpeg.corrupt(where, e) from None
-  return out[..., None] if out.ndim == 2 else out
 
 
 def find_classes(directory) -> list[str]:
@@ -287,7 +227,7 @@ class FolderSource:
     self.samples = [(path, self.class_to_idx[c]) for c in own_classes for path in files[c]]
     self.num_classes = len(self.classes)
     self.channels = channels
-    _image_mode(channels)
+    image_mode(channels)
     self.mean, self.std = default_stats("", channels)
 
   def _label_classes(self, root, split, classes_split, own_classes):
@@ -327,44 +267,75 @@ def _image_config(data_config, name: str):
   return out
 
 
+def _open_moving_fashion_mnist(data_config, split: str):
+  images = open_source(_image_config(data_config, "fashion_mnist"), split)
+  clips = data_config.video
+  return moving_fmnist.MovingFashionMnist(
+      images, seed=int(clips.seed), num_frames=int(clips.num_frames),
+      canvas=int(data_config.image_size), num_items=int(clips.num_items))
+
+
+def _open_folder(data_config, split: str):
+  if not data_config.data_dir:
+    raise ConfigError("data.source=folder needs --config.data.data_dir=DIR with "
+                      "DIR/<split>/<class>/<image files> (e.g. DIR/train, DIR/val).")
+  return FolderSource(data_config.data_dir, split, data_config.channels,
+                      classes_split=data_config.split)
+
+
+def _open_tfds(data_config, split: str):
+  if "video" in data_config:
+    return video.TfdsVideoSource(data_config, split)
+  return TfdsSource(data_config.name, split, data_config.data_dir,
+                    download=data_config.download)
+
+
+def _open_idx(data_config, split: str):
+  name = data_config.name
+  if name != "fashion_mnist":
+    raise DataError(f"data.source=idx only knows fashion_mnist, not {name!r}.")
+  try:
+    return fashion_mnist_idx(data_config.idx_dir or DEBIAN_FASHION_MNIST, split)
+  except FileNotFoundError as e:
+    raise DataError(
+        f"Fashion-MNIST IDX file {e.args[0]}(.gz) not found. Install it with "
+        "`apt-get install dataset-fashion-mnist` (Debian) or point "
+        "--config.data.idx_dir at a folder with the four IDX files.") from None
+
+
+def _open_auto(data_config, split: str):
+  """Fashion-MNIST from its IDX files, else (and every other dataset) from TFDS."""
+  name = data_config.name
+  if "video" in data_config or name != "fashion_mnist":
+    return _open_tfds(data_config, split)
+  idx_dir = data_config.idx_dir or DEBIAN_FASHION_MNIST
+  try:
+    return fashion_mnist_idx(idx_dir, split)
+  except FileNotFoundError:
+    pass
+  try:
+    return TfdsSource(name, split, data_config.data_dir, download=True)
+  except DataError as tfds_error:
+    raise DataError(
+        f"Fashion-MNIST not found: no IDX files in {idx_dir} (install the Debian "
+        "package with `apt-get install dataset-fashion-mnist`, or set "
+        f"--config.data.idx_dir) and the TFDS fallback failed: {tfds_error}") from None
+
+
+# ``data.source`` -> ``opener(data_config, split)``. A dataset with ``data.video`` is
+# read as clips by ``auto`` and ``tfds``.
+OPENERS = {"auto": _open_auto, "idx": _open_idx, "tfds": _open_tfds, "folder": _open_folder}
+# Datasets made from another one, whatever ``data.source`` says.
+DERIVED = {MOVING_FASHION_MNIST: _open_moving_fashion_mnist}
+
+
 def open_source(data_config, split: str):
   """The source named by ``config.data`` for one split, or a clear ``DataError``."""
-  name, kind = data_config.name, data_config.source
-  if name == MOVING_FASHION_MNIST:
-    from mae_jax.data.moving_fmnist import MovingFashionMnist
-    images = open_source(_image_config(data_config, "fashion_mnist"), split)
-    video = data_config.video
-    return MovingFashionMnist(images, seed=int(video.seed), num_frames=int(video.num_frames),
-                              canvas=int(data_config.image_size),
-                              num_items=int(video.num_items))
-  if kind not in SOURCES:
-    raise DataError(f"data.source={kind!r} is unknown; choose {', '.join(SOURCES)}.")
-  if "video" in data_config and kind in ("auto", "tfds"):
-    from mae_jax.data.video import TfdsVideoSource
-    return TfdsVideoSource(data_config, split)
-  if kind == "folder":
-    if not data_config.data_dir:
-      raise ConfigError("data.source=folder needs --config.data.data_dir=DIR with "
-                        "DIR/<split>/<class>/<image files> (e.g. DIR/train, DIR/val).")
-    return FolderSource(data_config.data_dir, split, data_config.channels,
-                        classes_split=data_config.split)
-  if name == "fashion_mnist" and kind in ("auto", "idx"):
-    idx_dir = data_config.idx_dir or DEBIAN_FASHION_MNIST
-    try:
-      return fashion_mnist_idx(idx_dir, split)
-    except FileNotFoundError as e:
-      if kind == "idx":
-        raise DataError(
-            f"Fashion-MNIST IDX file {e.args[0]}(.gz) not found. Install it with "
-            "`apt-get install dataset-fashion-mnist` (Debian) or point "
-            "--config.data.idx_dir at a folder with the four IDX files.") from None
-      try:
-        return TfdsSource(name, split, data_config.data_dir, download=True)
-      except DataError as tfds_error:
-        raise DataError(
-            f"Fashion-MNIST not found: no IDX files in {idx_dir} (install the Debian "
-            "package with `apt-get install dataset-fashion-mnist`, or set "
-            f"--config.data.idx_dir) and the TFDS fallback failed: {tfds_error}") from None
-  if kind == "idx":
-    raise DataError(f"data.source=idx only knows fashion_mnist, not {name!r}.")
-  return TfdsSource(name, split, data_config.data_dir, download=data_config.download)
+  derived = DERIVED.get(data_config.name)
+  if derived is not None:
+    return derived(data_config, split)
+  opener = OPENERS.get(data_config.source)
+  if opener is None:
+    raise DataError(f"data.source={data_config.source!r} is unknown; choose "
+                    f"{', '.join(OPENERS)}.")
+  return opener(data_config, split)

@@ -31,7 +31,9 @@ import functools
 import numpy as np
 
 from mae_jax.data import augment
-from mae_jax.data.sources import decode_image, default_stats, open_tfds
+from mae_jax.data.decode import decode_image
+from mae_jax.data.stats import default_stats
+from mae_jax.data.tfds_split import open_tfds
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
 
 

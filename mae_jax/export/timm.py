@@ -57,7 +57,7 @@ def mean_std(config) -> tuple[list[float], list[float]]:
     from mae_jax.data import pipeline
     mean, std = pipeline.normalization(config.data)
   except (UserError, ImportError) as e:
-    from mae_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
+    from mae_jax.data.stats import IMAGENET_MEAN, IMAGENET_STD
     logging.warning("the dataset's mean/std are not available (%s); writing ImageNet's.", e)
     mean, std = ((IMAGENET_MEAN, IMAGENET_STD) if int(config.data.channels) == 3
                  else ((0.5,), (0.5,)))
