@@ -7,9 +7,12 @@ from mae_jax import fileio  # noqa: E402,F401
 
 
 def load(path, step=None):
-  """Loads a workdir (latest or given ``step``) or a ``W/checkpoints/<step>`` directory.
+  """Opens a workdir (latest or given ``step``) or a ``W/checkpoints/<step>`` directory.
 
-  Returns an object with ``.model``, ``.params``, ``.config``, ``.step``.
+  Any kind: MAE pretraining (or imported), fine-tuning, linear probing, images or
+  clips. Returns a ``mae_jax.loading.Loaded``: ``.model``, ``.params``,
+  ``.batch_stats``, ``.variables``, ``.config``, ``.step``, ``.kind``, and for a
+  classifier ``.predict(uint8_images)`` -> logits.
   """
-  from mae_jax.train.checkpoint import load as _load
-  return _load(path, step)
+  from mae_jax import loading
+  return loading.load(path, step)

@@ -163,8 +163,8 @@ def test_official_round_trip_through_a_workdir_is_bit_exact(task, tmp_path,
   export_classifier.save(params, stats, config, "official", out)
   workdir = tmp_path / "imported"
   run_cli("import", f"--in={out}", "--format=official", f"--workdir={workdir}", check=True)
-  from mae_jax.train import checkpoint
-  parts, step = checkpoint.restore_parts(str(workdir), None,
+  from mae_jax import checkpoint_io
+  parts, step = checkpoint_io.restore_parts(str(workdir), None,
                                          jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                                          ("params", "batch_stats"))
   assert step == 0

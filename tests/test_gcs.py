@@ -108,7 +108,7 @@ def test_workdir_lock_on_gcs_excludes_a_second_run_and_takes_over_a_dead_ones(gc
   import concurrent.futures
   import socket
   from mae_jax import fileio
-  from mae_jax.train.checkpoint import LOCK_FILE, WorkdirLock
+  from mae_jax.workdir import LOCK_FILE, WorkdirLock
   race = gcs.path("race", "x")
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     won = list(pool.map(lambda i: fileio.create_exclusive(race, str(i).encode()), range(8)))
@@ -251,8 +251,7 @@ def test_visualize_writes_the_grid_to_the_bucket(gcs_module, pretrained):
 
 def test_linprobe_from_a_bucket_workdir_into_a_bucket_workdir(gcs_module, pretrained):
   import mae_jax
-  from mae_jax import fileio
-  from mae_jax.train import checkpoint as ckpt_lib
+  from mae_jax import checkpoint_io, fileio
   probe = gcs_module.path("probe")
   cli("linprobe", "--config=configs/linprobe_fmnist.py:steps=4", f"--workdir={probe}",
       f"--config.init_from={pretrained}", "--config.model.embed_dim=32",
@@ -263,7 +262,7 @@ def test_linprobe_from_a_bucket_workdir_into_a_bucket_workdir(gcs_module, pretra
   assert saved["step"] == 4 and 0.0 <= saved["top1"] <= 1.0
   steps = [r["step"] for r in read_rows(fileio.join(probe, "metrics.jsonl"))]
   assert steps[:4] == [1, 2, 3, 4]
-  probe_params, step = ckpt_lib.restore_params(
+  probe_params, step = checkpoint_io.restore_params(
       probe, None, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   mae_params = mae_jax.load(pretrained).params
   assert step == 4

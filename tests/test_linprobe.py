@@ -113,7 +113,8 @@ def test_lars_is_optax_lars_at_constant_lr():
 
 
 def test_mae_probe_beats_random_encoder_and_chance(pretrained, tmp_path):
-  from mae_jax.train import checkpoint as ckpt_lib
+  import mae_jax
+  from mae_jax import checkpoint_io
   from mae_jax.train import classifier
   mae = classifier.train_and_evaluate(probe_config(pretrained), str(tmp_path / "mae"))
   random = classifier.train_and_evaluate(probe_config(""), str(tmp_path / "random"))
@@ -125,9 +126,9 @@ def test_mae_probe_beats_random_encoder_and_chance(pretrained, tmp_path):
   assert mae["top1"] > 0.5                     # chance is 0.1
   assert mae["top1"] > random["top1"] + 0.02   # same budget, same probe
   # the encoder in the probe's final checkpoint is the pretrained one, bit for bit
-  probe_params, _ = ckpt_lib.restore_params(
+  probe_params, _ = checkpoint_io.restore_params(
       str(tmp_path / "mae"), None, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  mae_params = jax.device_get(ckpt_lib.load(pretrained).params)
+  mae_params = jax.device_get(mae_jax.load(pretrained).params)
   for name in ("patch_embed", "cls_token", "blocks_0", "blocks_1", "norm"):
     for a, b in zip(jax.tree.leaves(probe_params[name]), jax.tree.leaves(mae_params[name])):
       np.testing.assert_array_equal(np.asarray(a).view(np.uint32),

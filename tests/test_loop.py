@@ -78,8 +78,8 @@ def test_run_lengths_grad_accum_does_not_divide_are_refused(fmnist_available):
 
 
 def _final_params(workdir, step=None):
-  from mae_jax.train import checkpoint as ckpt_lib
-  params, _ = ckpt_lib.restore_params(workdir, step,
+  from mae_jax import checkpoint_io
+  params, _ = checkpoint_io.restore_params(workdir, step,
                                       jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   return traverse_util.flatten_dict(params, sep="/")
 

@@ -84,6 +84,8 @@ def _run(config, images, devices, mesh_shape):
 def worker() -> dict:
   import jax
   from mae_jax.parallel import sharding as sharding_lib
+  from mae_jax import checkpoint_io
+  from mae_jax import workdir as workdir_lib
   from mae_jax.train import checkpoint as ckpt_lib
   assert jax.device_count() == 8, jax.devices()
   config = parallel_config()
@@ -100,8 +102,8 @@ def worker() -> dict:
   # A checkpoint saved on data=8 restores onto data=2,fsdp=2,model=2 and onto one device.
   saved = states["8x1x1"]
   with tempfile.TemporaryDirectory() as workdir:
-    ckpt_lib.save_config(workdir, config)
-    ckpt = ckpt_lib.Checkpointer(workdir, with_data=False, async_save=False)
+    workdir_lib.save_config(workdir, config)
+    ckpt = checkpoint_io.Checkpointer(workdir, with_data=False, async_save=False)
     ckpt.save(STEPS, saved, config.to_dict(), force=True)
     from mae_jax.models import registry
     from mae_jax.parallel import mesh as mesh_lib

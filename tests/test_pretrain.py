@@ -174,7 +174,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, fmnist_a
   config.optim.min_lr = 1e30 * config.batch_size / 256
   with pytest.raises(NonFiniteLossError, match="last good checkpoint: step"):
     pretrain.train_and_evaluate(config, str(tmp_path))
-  from mae_jax.train.checkpoint import Checkpointer
+  from mae_jax.checkpoint_io import Checkpointer
   ckpt = Checkpointer(str(tmp_path), with_data=False)
   steps = ckpt.all_steps()
   ckpt.close()

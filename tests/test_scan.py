@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 from conftest import load_config, tiny_overrides
-from mae_jax.models import stacking
+from mae_jax import stacking
 from mae_jax.models.mae import MaskedAutoencoder
 from mae_jax.models.vit import VisionTransformer
 
@@ -177,19 +177,19 @@ def _state(config, model, seed):
 
 @pytest.mark.parametrize("saved_scanned", [False, True])
 def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
+  from mae_jax import checkpoint_io
   from mae_jax.models import registry
-  from mae_jax.train import checkpoint as ckpt_lib
   config = tiny_overrides(load_config("pretrain_fmnist"))
   config.model.update(depth=2, decoder_depth=2)
   config.model.scan_layers = saved_scanned
   state, _ = _state(config, registry.build_mae(config), 0)
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), with_data=False, async_save=False)
+  ckpt = checkpoint_io.Checkpointer(str(tmp_path), with_data=False, async_save=False)
   ckpt.save(3, state, config.to_dict(), force=True)
   ckpt.close()
 
   config.model.scan_layers = not saved_scanned
   template, abstract = _state(config, registry.build_mae(config), 1)
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), with_data=False, async_save=False)
+  ckpt = checkpoint_io.Checkpointer(str(tmp_path), with_data=False, async_save=False)
   restored, step = ckpt.restore_latest(template)
   ckpt.close()
   assert step == 3
@@ -201,24 +201,24 @@ def test_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
                                   err_msg=jax.tree_util.keystr(path))
   assert int(restored.step) == 7
   # the per-block reader sees blocks_i whichever layout was saved
-  params, _ = ckpt_lib.restore_params(str(tmp_path), None, jax.sharding.SingleDeviceSharding(
+  params, _ = checkpoint_io.restore_params(str(tmp_path), None, jax.sharding.SingleDeviceSharding(
       jax.devices()[0]))
   assert "blocks_1" in params and "blocks" not in params
 
 
 def test_checkpoint_of_another_depth_is_still_refused(tmp_path):
+  from mae_jax import checkpoint_io
   from mae_jax.errors import CheckpointError
   from mae_jax.models import registry
-  from mae_jax.train import checkpoint as ckpt_lib
   config = tiny_overrides(load_config("pretrain_fmnist"))
   config.model.update(depth=2)
   state, _ = _state(config, registry.build_mae(config), 0)
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), with_data=False, async_save=False)
+  ckpt = checkpoint_io.Checkpointer(str(tmp_path), with_data=False, async_save=False)
   ckpt.save(1, state, config.to_dict(), force=True)
   ckpt.close()
   config.model.update(depth=3, scan_layers=True)
   template, _ = _state(config, registry.build_mae(config), 1)
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), with_data=False, async_save=False)
+  ckpt = checkpoint_io.Checkpointer(str(tmp_path), with_data=False, async_save=False)
   with pytest.raises(CheckpointError, match="holds another model"):
     ckpt.restore_latest(template)
   ckpt.close()

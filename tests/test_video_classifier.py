@@ -12,6 +12,8 @@ import pytest
 from flax import traverse_util
 
 from conftest import load_config, run_cli
+import mae_jax
+from mae_jax import checkpoint_io
 from mae_jax.data import augment, finetune_augment, pipeline
 from mae_jax.errors import CheckpointError, ConfigError, UserError
 from mae_jax.export import classifier as export_classifier
@@ -91,7 +93,7 @@ def test_classifier_from_video_mae_has_its_encoder(tmp_path, request, layout):
   else:
     workdir, mae_config = request.getfixturevalue("video_mae")
     mae = registry.build_mae(mae_config)
-    mae_params = jax.device_get(ckpt_lib.load(workdir).params)
+    mae_params = jax.device_get(mae_jax.load(workdir).params)
   clips = jnp.asarray(np.random.default_rng(0).normal(size=(3, FRAMES, SIZE, SIZE, 1)),
                       jnp.float32)
   tokens = jax.jit(lambda p, x: mae.apply({"params": p}, x, method=mae.features))(
@@ -265,7 +267,7 @@ def test_video_pretrain_linprobe_finetune_evaluate(tmp_path, video_mae):
   fine-tuning steps (mixup, cutmix and erasing on), then ``evaluate`` on the
   fine-tuned workdir: the probe leaves the encoder bit-identical, the fine-tuning
   moves it, evaluate agrees with the fine-tuning's own evaluation."""
-  mae_params = jax.device_get(ckpt_lib.load(video_mae[0]).params)
+  mae_params = jax.device_get(mae_jax.load(video_mae[0]).params)
 
   def shrink(c):
     c.init_from = video_mae[0]
@@ -278,7 +280,7 @@ def test_video_pretrain_linprobe_finetune_evaluate(tmp_path, video_mae):
   probe = shrink(classifier_config("linprobe"))
   result = classifier.train_and_evaluate(probe, str(tmp_path / "lp"))
   assert result["num_examples"] == 10 and 0.0 <= result["top1"] <= 1.0
-  probe_params, _ = ckpt_lib.restore_params(
+  probe_params, _ = checkpoint_io.restore_params(
       str(tmp_path / "lp"), None, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   for name in ("patch_embed", "blocks_0", "blocks_1", "norm"):
     for a, b in zip(jax.tree.leaves(probe_params[name]), jax.tree.leaves(mae_params[name])):
@@ -288,7 +290,7 @@ def test_video_pretrain_linprobe_finetune_evaluate(tmp_path, video_mae):
   ft.data.augment.update(mixup=0.8, cutmix=1.0, reprob=0.5, rrc_scale=(0.5, 1.0))
   ft_dir = str(tmp_path / "ft")
   result = classifier.train_and_evaluate(ft, ft_dir)
-  ft_params, _ = ckpt_lib.restore_params(
+  ft_params, _ = checkpoint_io.restore_params(
       ft_dir, None, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   assert not np.array_equal(ft_params["blocks_0"]["mlp"]["fc1"]["kernel"],
                             mae_params["blocks_0"]["mlp"]["fc1"]["kernel"])

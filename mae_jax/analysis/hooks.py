@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mae_jax.models import masking, stacking
+from mae_jax import stacking
+from mae_jax.models import masking
 from mae_jax.models.vit import Block
 
 CLS = -1

@@ -131,7 +131,7 @@ def analyze_workdirs(workdir: str, out: str, compare: str | None = None,
 
   ``compare``: a second workdir analysed on the same images and masks.
   """
-  import mae_jax
+  from mae_jax import loading
   from mae_jax.analysis import report
   from mae_jax.data import pipeline
   from mae_jax.errors import UserError
@@ -149,9 +149,9 @@ def analyze_workdirs(workdir: str, out: str, compare: str | None = None,
                     "be in (0, 1).")
   settings = Settings(num_images=num_images, seed=seed, jacobian_images=jacobian_images,
                       mask_ratios=ratios, num_train=num_train)
-  loaded = [mae_jax.load(workdir)]
+  loaded = [loading.load_mae(workdir, use="mae-jax analyze")]
   if compare:
-    loaded.append(mae_jax.load(compare))
+    loaded.append(loading.load_mae(compare, use="mae-jax analyze"))
     _check_comparable(loaded[0], loaded[1])
   data_config = loaded[0].config.data
   t = time.perf_counter()

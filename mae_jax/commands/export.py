@@ -37,11 +37,12 @@ def main(argv):
   from mae_jax import export
   common.check_output(_OUT.value, "--out", export.writes_directory(_FORMAT.value, _OUT.value))
   from mae_jax.export import classifier
-  from mae_jax.train import checkpoint
-  workdir, step = checkpoint.resolve(_WORKDIR.value)
-  config = checkpoint.read_config(workdir)
+  from mae_jax import checkpoint_io
+  from mae_jax import workdir as workdir_lib
+  workdir, step = workdir_lib.resolve(_WORKDIR.value)
+  config = workdir_lib.read_config(workdir)
   if classifier.is_classifier_config(config):
-    parts, step = checkpoint.restore_parts(
+    parts, step = checkpoint_io.restore_parts(
         workdir, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]),
         ("params", "batch_stats"))
     written = classifier.save(parts["params"], parts.get("batch_stats"), config,

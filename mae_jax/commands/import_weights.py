@@ -48,9 +48,10 @@ def main(argv):
   del argv
   common.setup_logging()
   workdir = _WORKDIR.value
+  from mae_jax import workdir as workdir_lib
   from mae_jax.train import checkpoint
-  if fileio.exists(fileio.join(workdir, checkpoint.CONFIG_FILE)) or fileio.exists(
-      fileio.join(workdir, checkpoint.CHECKPOINT_DIR)):
+  if fileio.exists(fileio.join(workdir, workdir_lib.CONFIG_FILE)) or fileio.exists(
+      fileio.join(workdir, workdir_lib.CHECKPOINT_DIR)):
     raise UserError(f"{workdir} already holds a workdir; import into a new --workdir.")
   common.check_output(workdir, "--workdir", directory=True)
   from mae_jax import export

@@ -37,10 +37,9 @@ def main(argv):
     raise UserError(f"--num_images={_NUM.value}: show at least 1 image.")
   common.check_output(_OUT.value, "--out", directory=False)
   import jax
-  import mae_jax
-  from mae_jax import viz
+  from mae_jax import loading, viz
   from mae_jax.data import augment, pipeline
-  loaded = mae_jax.load(_WORKDIR.value)
+  loaded = loading.load_mae(_WORKDIR.value, use="mae-jax visualize")
   cfg = loaded.config
   model = loaded.model
   if _MASK_RATIO.value is not None:

@@ -60,7 +60,7 @@ def _flatten(tree, prefix=()) -> dict:
 def _arrays(tree) -> dict:
   """Flat float32 arrays of a params tree in the per-block layout (scanned or not)."""
   import flax.linen as nn
-  from mae_jax.models import stacking
+  from mae_jax import stacking
   return {k: np.asarray(v, np.float32)
           for k, v in _flatten(stacking.per_block(nn.unbox(tree))).items()}
 

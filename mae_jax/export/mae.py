@@ -67,7 +67,7 @@ def _plain_params(params) -> dict:
   """Unboxed nested dict in the per-block layout (accepts ``{"params": ...}``,
   FrozenDicts, jax arrays, a scanned model's stacked blocks)."""
   import flax.linen as nn
-  from mae_jax.models import stacking
+  from mae_jax import stacking
   params = nn.unbox(params)
   if isinstance(params, Mapping) and set(params) == {"params"}:
     params = params["params"]

@@ -3,7 +3,7 @@
 The source is any mae_jax workdir: MAE pretraining (or ``mae-jax import``),
 fine-tuning or linear probing. Encoder tensors are matched by name and shape; the
 position table is resized for the classifier's grid; head / fc_norm are taken
-when they fit. Reading goes through ``mae_jax.train.checkpoint.restore_params``,
+when they fit. Reading goes through ``mae_jax.checkpoint_io.restore_params``,
 so a run on any number of processes reads a checkpoint written on any other.
 """
 from __future__ import annotations
@@ -14,8 +14,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from mae_jax import checkpoint_io, stacking
+from mae_jax import workdir as workdir_lib
 from mae_jax.errors import CheckpointError
-from mae_jax.models import registry, stacking
+from mae_jax.models import registry
 from mae_jax.models.pos_embed import fixed_table, resize_table
 
 
@@ -34,12 +36,11 @@ def source_params(path: str, sharding):
   workdir, or a ``W/checkpoints/<step>`` directory. Only the params are read,
   laid out by ``sharding`` (every process of the run reads them).
   """
-  from mae_jax.train import checkpoint as ckpt_lib
-  workdir, step = ckpt_lib.resolve(path)
-  src_config = ckpt_lib.read_config(workdir)
-  params, step = ckpt_lib.restore_params(workdir, step, sharding)
-  kind = (f"{src_config.task} workdir" if "num_classes" in src_config and "task" in src_config
-          else "MAE workdir")
+  workdir, step = workdir_lib.resolve(path)
+  src_config = workdir_lib.read_config(workdir)
+  params, step = checkpoint_io.restore_params(workdir, step, sharding)
+  kind = workdir_lib.kind(src_config)
+  kind = "MAE workdir" if kind == "mae" else f"{kind} workdir"
   if registry.tubelet_size(src_config):
     kind = f"video {kind}"
   return params, src_config, registry.patch_grid(src_config), f"{kind} {workdir} (step {step})"

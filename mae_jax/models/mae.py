@@ -86,7 +86,7 @@ class MaskedAutoencoder(nn.Module):
   decoder_embed_bias: bool = True
   norm_pix_per_channel: bool = False
   decoder_norm_eps: float = LN_EPS
-  scan_layers: bool = False   # blocks as one nn.scan, stacked params (models.stacking)
+  scan_layers: bool = False   # blocks as one nn.scan, stacked params (mae_jax.stacking)
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from mae_jax.models import attention as attention_lib
 from mae_jax.models import masking
-from mae_jax.models.stacking import LAYER_AXIS
+from mae_jax.stacking import LAYER_AXIS
 
 Dtype = Any
 
@@ -197,7 +197,7 @@ def make_blocks(stack: str, depth: int, num_heads: int, *, remat: str, scan: boo
 
   Unscanned: a list of ``depth`` blocks named ``{stack}_{i}`` (drop-path rate
   ``drop_path[i]``). Scanned (``scan``): one block named ``stack`` whose parameters
-  carry a leading ``layers`` axis of size ``depth`` (``mae_jax.models.stacking``);
+  carry a leading ``layers`` axis of size ``depth`` (``mae_jax.stacking``);
   ``run_blocks`` scans it, feeding each layer its drop-path rate.
   """
   block = block_class(remat, scanned=scan)
@@ -322,7 +322,7 @@ class VisionTransformer(nn.Module):
   * Drop path rises linearly from 0 to ``drop_path_rate`` over the blocks; the head
     is trunc-normal with ``head_init_std`` (2e-5 fine-tuning, 0.01 probe).
   * ``scan_layers``: the blocks as one ``nn.scan`` with stacked parameters (one
-    ``blocks`` subtree, ``mae_jax.models.stacking``) instead of ``blocks_{i}``.
+    ``blocks`` subtree, ``mae_jax.stacking``) instead of ``blocks_{i}``.
 
   ``features(images, train)`` returns the pooled, normalised ``[B, D]`` features and
   ``logits(features, train)`` applies the head; ``__call__`` is both.

@@ -36,7 +36,8 @@ from mae_jax.data import finetune_augment, pipeline
 from mae_jax.data.sources import open_source
 from mae_jax.errors import CheckpointError, ConfigError
 from mae_jax.models import load as load_lib
-from mae_jax.models import registry, stacking
+from mae_jax import stacking
+from mae_jax.models import registry
 from mae_jax.models.pos_embed import TABLES
 from mae_jax.models.vit import VisionTransformer
 from mae_jax.parallel import sharding as sharding_lib
@@ -409,9 +410,10 @@ def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0)
   ``mae-jax finetune`` / ``linprobe`` on it continue from ``step``; ``mae-jax
   evaluate`` evaluates it; ``init_from`` accepts it.
   """
+  from mae_jax import checkpoint_io
+  from mae_jax import workdir as workdir_lib
   from mae_jax.models.load import place
   from mae_jax.parallel import mesh as mesh_lib
-  from mae_jax.train import checkpoint as ckpt_lib
   model = build_classifier(config)
   mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, model=1), devices=jax.devices()[:1])
   # the optimizer state's structure needs no schedule
@@ -425,8 +427,8 @@ def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0)
   if batch_stats:
     state = state.replace(batch_stats=place(flat(batch_stats), state.batch_stats))
   state = _restart_ema(state)
-  ckpt_lib.save_config(workdir, config)
-  ckpt = ckpt_lib.Checkpointer(workdir, with_data=False, async_save=False)
+  workdir_lib.save_config(workdir, config)
+  ckpt = checkpoint_io.Checkpointer(workdir, with_data=False, async_save=False)
   try:
     ckpt.save(step, state, config.to_dict(), force=True)
   finally:

@@ -39,7 +39,7 @@ def in_order(x):
   on each other may be in flight together. Waiting for each keeps the collective
   programs of every process in one order on the CPU backend, where a 2-process run was
   seen to hang in the k-NN monitor (that hang's cause was most likely Orbax's
-  background barrier, see ``checkpoint.use_coordination_service_barriers``; this is the
+  background barrier, see ``checkpoint_io.use_coordination_service_barriers``; this is the
   cheap second guard). Accelerators run a device's programs in issue order and keep
   their pipelining.
   """

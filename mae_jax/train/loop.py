@@ -32,13 +32,13 @@ import time
 import jax
 import numpy as np
 
-from mae_jax import config_lib, fileio
+from mae_jax import checkpoint_io, config_lib, fileio
+from mae_jax import workdir as workdir_lib
 from mae_jax.data import pipeline
 from mae_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mae_jax.parallel import memory as memory_lib
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
-from mae_jax.train import checkpoint as ckpt_lib
 from mae_jax.train import metrics as metrics_lib
 from mae_jax.train import optim
 from mae_jax.train.evaluators import EvalLog
@@ -137,7 +137,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
   # ------------------------------------------------------------------ workdir lock
   if not train and not fileio.exists(workdir):
     raise CheckpointError(f"{workdir} does not exist; give the workdir to evaluate.")
-  lock = ckpt_lib.WorkdirLock(workdir, enabled=is_primary)
+  lock = workdir_lib.WorkdirLock(workdir, enabled=is_primary)
   lock.acquire_on_all_processes()
 
   ckpt = writer = profile = None
@@ -157,9 +157,9 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
                  f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
     # ---------------------------------------------------------------- restore or initialise
-    ckpt = ckpt_lib.Checkpointer(workdir, config.checkpoint.every_steps,
-                                 config.checkpoint.keep, config.checkpoint.async_save,
-                                 keep_best=task.keep_best)
+    ckpt = checkpoint_io.Checkpointer(workdir, config.checkpoint.every_steps,
+                                      config.checkpoint.keep, config.checkpoint.async_save,
+                                      keep_best=task.keep_best)
     restored = ckpt.latest_step() is not None
     state, start_step = ckpt.restore_latest(state, data_iter)
     if not train:
@@ -183,7 +183,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     # ---------------------------------------------------------------- workdir
     # Written only now that the config, the data and the checkpoint are known good.
     if is_primary and train:
-      ckpt_lib.save_config(workdir, config)
+      workdir_lib.save_config(workdir, config)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
     evaluators = task.evaluators(mesh, workdir, writer)
     eval_log = EvalLog(workdir, best_metric=task.keep_best, enabled=is_primary)

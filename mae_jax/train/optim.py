@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from mae_jax.errors import ConfigError
-from mae_jax.models.stacking import unstacked_ndim
+from mae_jax.stacking import unstacked_ndim
 
 
 def accumulation_steps(optim_config) -> int:

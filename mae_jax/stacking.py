@@ -8,7 +8,7 @@
 exports, imports, ``init_from``, the analysis hooks and every name map in
 ``mae_jax.export`` see ``blocks_{i}``. Checkpoints hold the layout the run trained
 with (no conversion, hence no extra copy of the state, at save time); a restore into
-the other layout converts once (``mae_jax.train.checkpoint``).
+the other layout converts once (``mae_jax.checkpoint_io``).
 
 * ``per_block`` / ``stacked``: nested dicts (params, ``batch_stats``; NumPy or jax
   arrays) from one layout to the other; idempotent.
