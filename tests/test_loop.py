@@ -244,6 +244,65 @@ def test_no_module_uses_another_modules_private_names():
   assert not offences, offences
 
 
+def _mae_jax_imports(path: str) -> set[str]:
+  """The mae_jax modules ``path`` imports, at the top or inside a function:
+  ``from mae_jax.a import b`` gives ``mae_jax.a`` and ``mae_jax.a.b``, relative
+  imports are resolved against the file's package."""
+  import ast
+  from conftest import REPO
+  package = os.path.relpath(os.path.dirname(path), REPO).replace(os.sep, ".")
+  found = set()
+  for node in ast.walk(_parse(path)):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.split(".")[0] == "mae_jax"}
+    elif isinstance(node, ast.ImportFrom):
+      module = node.module or ""
+      if node.level:
+        base = package.split(".")[:len(package.split(".")) - node.level + 1]
+        module = ".".join(base + ([module] if module else []))
+      if module.split(".")[0] == "mae_jax":
+        found |= {module} | {f"{module}.{a.name}" for a in node.names}
+  return found
+
+
+# (files, mae_jax modules they must not import): the floors of the package
+LAYERS = (
+    (("models", "data", "parallel"),
+     ("mae_jax.train", "mae_jax.export", "mae_jax.commands", "mae_jax.cli",
+      "mae_jax.analysis", "mae_jax.loading")),
+    (("workdir.py", "checkpoint_io.py", "stacking.py", "fileio.py", "errors.py"),
+     ("mae_jax.models", "mae_jax.train", "mae_jax.export", "mae_jax.commands",
+      "mae_jax.cli", "mae_jax.analysis", "mae_jax.loading", "mae_jax.data",
+      "mae_jax.parallel")),
+)
+
+
+def _under(forbidden: str, module: str) -> bool:
+  return module == forbidden or module.startswith(forbidden + ".")
+
+
+def test_lower_floors_import_nothing_from_the_floors_above():
+  """Models, data and parallelism never reach up into training, export or the
+  commands; the workdir and checkpoint-I/O modules sit below the models and the
+  trainers (``mae_jax.models.load`` reads checkpoints through them). Imports inside
+  functions count."""
+  from conftest import REPO
+  offences = []
+  for names, forbidden in LAYERS:
+    paths = []
+    for name in names:
+      path = os.path.join(REPO, "mae_jax", name)
+      assert os.path.exists(path), path
+      paths += ([path] if name.endswith(".py") else
+                [os.path.join(root, f) for root, _, files in os.walk(path)
+                 for f in files if f.endswith(".py")])
+    for path in paths:
+      offences += [f"{os.path.relpath(path, REPO)} imports {module}"
+                   for module in sorted(_mae_jax_imports(path))
+                   if any(_under(f, module) for f in forbidden)]
+  assert not offences, offences
+
+
 def test_resume_with_another_model_names_the_difference_and_writes_nothing(
     tmp_path, fmnist_available):
   from mae_jax.errors import CheckpointError
