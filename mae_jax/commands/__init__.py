@@ -1,1 +1,2 @@
-"""One module per ``mae-jax`` command: absl flags + ``main(argv)``."""
+"""One module per ``mae-jax`` command: ``define_flags(fv, argv)`` + ``run(fv, args)``
+(driven by ``mae_jax.cli``)."""

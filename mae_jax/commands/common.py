@@ -11,16 +11,29 @@ from absl import flags
 
 from mae_jax.errors import StorageError, UserError, os_error_message
 
-COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0 for a local multi-process run (jax.distributed). Not needed "
-    "on TPU VMs or under SLURM, where the environment says it.")
-NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a local run.")
-PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a local run.")
-DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
-    "distributed_timeout_s", 300.0,
-    "Seconds to wait for all processes of a multi-host run to join before failing with "
-    "a clear error.")
+# ``--verbosity`` of the command that is running (``run_command`` sets it).
+_verbosity = 0
+
+
+def define_process_flags(fv: flags.FlagValues) -> None:
+  """The flags every command takes: multi-process set-up and ``--verbosity``."""
+  flags.DEFINE_string(
+      "coordinator_address", None,
+      "host:port of process 0 for a local multi-process run (jax.distributed). Not needed "
+      "on TPU VMs or under SLURM, where the environment says it.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Processes in a local run.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index in a local run.",
+                       flag_values=fv)
+  flags.DEFINE_float(
+      "distributed_timeout_s", 300.0,
+      "Seconds to wait for all processes of a multi-host run to join before failing with "
+      "a clear error.", flag_values=fv)
+  flags.DEFINE_integer("verbosity", 0, "1 or more: print the traceback behind an `error:` "
+                       "line.", short_name="v", flag_values=fv)
+
+
+PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id",
+                 "distributed_timeout_s", "verbosity")
 
 
 def _last_error_line(text: str) -> str:
@@ -53,19 +66,19 @@ def config_file_problem(e: BaseException) -> str:
 
 def _unknown_key(e: BaseException):
   text = str(e.args[0] if e.args else e).replace("\n", " ")
-  print(f"error: unknown config key {text}; `mae-jax COMMAND --helpfull` lists the flags, "
+  print(f"error: unknown config key {text}; `mae-jax COMMAND --help` lists the flags, "
         "the config file lists its keys.", file=sys.stderr)
   sys.exit(2)
 
 
-def parse_flags_or_exit(argv: list[str]) -> list[str]:
+def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
   """Parses flags (and config files/overrides); bad ones become one ``error:`` line.
 
   ``config_flags`` embeds the config file's traceback in its message and raises a
   bare ``KeyError`` for a misspelt ``--config.KEY``; neither helps a user.
   """
   try:
-    return flags.FLAGS(argv)
+    return fv(argv)
   except flags.Error as e:
     if ("--config must have a value other than None" in str(e)
         and any(a.startswith("--config=") for a in argv)):
@@ -90,12 +103,14 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def set_verbosity(level: int) -> None:
+  global _verbosity
+  _verbosity = level
+
+
 def _verbose() -> bool:
   """``--verbosity=1`` (or more): show the tracebacks behind ``error:`` lines."""
-  try:
-    return flags.FLAGS["verbosity"].value >= 1
-  except (KeyError, flags.Error):
-    return False
+  return _verbosity >= 1
 
 
 def _exit_with(message: str, code: int):
@@ -143,10 +158,11 @@ def guarded(main):
   its path), 1 for another ``OSError``, 130 for a second Ctrl-C.
   """
   @functools.wraps(main)
-  def wrapper(argv):
-    sys.unraisablehook = quiet_unraisablehook(sys.unraisablehook)
+  def wrapper(*args):
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = quiet_unraisablehook(previous_hook)
     try:
-      return main(argv)
+      return main(*args)
     except UserError as e:
       _exit_with(str(e), 2)
     except OSError as e:  # the file system: unwritable, not a directory, full, ...
@@ -156,6 +172,8 @@ def guarded(main):
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
       _exit_with("interrupted; the checkpoints already written are intact. Re-run the "
                  "same command to resume.", 130)
+    finally:
+      sys.unraisablehook = previous_hook
   return wrapper
 
 
@@ -190,11 +208,11 @@ def check_output(path: str, flag: str, directory: bool) -> None:
     raise StorageError(f"{flag}={path}: {os_error_message(e, 'write in')}") from None
 
 
-def init_distributed():
+def init_distributed(fv: flags.FlagValues):
   """``jax.distributed.initialize`` from the flags or the environment (idempotent)."""
   from mae_jax.parallel import distributed
-  distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
-                         timeout_s=DISTRIBUTED_TIMEOUT.value)
+  distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                         timeout_s=fv.distributed_timeout_s)
 
 
 class _Quiet(logging.Filter):
@@ -222,38 +240,44 @@ def setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def config_command(trainer: str, task: str | tuple[str, ...] | None = None,
-                   entry: str = "train_and_evaluate"):
-  """Flags ``--config``/``--workdir`` and a ``main`` running ``trainer.train_and_evaluate``.
+class ConfigCommand:
+  """A command driven by a config file (pretrain, finetune, linprobe, evaluate):
+  flags ``--config``/``--workdir`` (and ``--dry_run`` for training), running
+  ``trainer.<entry>(config, workdir)``.
 
-  For the trainers driven by a config file (pretrain, finetune, linprobe, evaluate);
-  call it at import time of the command module, which is the only command module
-  loaded. ``task``: the ``config.task`` (or tasks) the command runs (a classifier
-  config says which); ``entry``: the function of ``trainer`` it calls with
-  ``(config, workdir)``.
+  ``task``: the ``config.task`` (or tasks) the command runs (a classifier config says
+  which); ``entry``: the function of the ``trainer`` module it calls.
   """
-  from ml_collections import config_flags
-  config = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                           lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Run directory (local or gs://); "
-                                "re-running on it resumes.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  dry_run = None
-  if entry == "train_and_evaluate":
-    dry_run = flags.DEFINE_bool(
-        "dry_run", False, "Print the params/optimizer bytes per device, the compiled train "
-        "step's peak memory estimate and whether it fits the device memory "
-        "(--config.device_memory_gib overrides the detected size), then exit: nothing is "
-        "trained, no data read, the workdir not touched.")
 
-  def main(argv):
-    del argv
+  def __init__(self, trainer: str, task: str | tuple[str, ...] | None = None,
+               entry: str = "train_and_evaluate"):
+    self.trainer, self.entry = trainer, entry
+    self.tasks = (task,) if isinstance(task, str) else task
+
+  def define_flags(self, fv: flags.FlagValues, argv: list[str]) -> None:
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file (FILE or FILE:ARG, e.g. "
+        "configs/pretrain_imagenet.py:variant=L/16).", flag_values=fv, lock_config=True,
+        sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "Run directory (local or gs://); re-running on it "
+                        "resumes.", flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+    if self.entry == "train_and_evaluate":
+      flags.DEFINE_bool(
+          "dry_run", False, "Print the params/optimizer bytes per device, the compiled "
+          "train step's peak memory estimate and whether it fits the device memory "
+          "(--config.device_memory_gib overrides the detected size), then exit: nothing "
+          "is trained, no data read, the workdir not touched.", flag_values=fv)
+
+  def run(self, fv: flags.FlagValues, args: list[str]) -> int:
+    refuse_arguments(args)
     try:
-      value = config.value
+      value = fv.config
       value.keys()  # a file that failed to load gives a stand-in that raises here
     except (OSError, SyntaxError, ImportError) as e:
       raise UserError(config_file_problem(e)) from None
-    tasks = (task,) if isinstance(task, str) else task
+    tasks = self.tasks
     if tasks is not None and value.get("task") not in tasks:
       found = value.get("task")
       raise UserError(f"--config is {'a ' + found if found else 'not a classifier'} config, "
@@ -261,22 +285,32 @@ def config_command(trainer: str, task: str | tuple[str, ...] | None = None,
                       f"{found or 'pretrain'}` with it, or give a "
                       f"{' or '.join(f'configs/{t}_*.py' for t in tasks)} file.")
     setup_logging()
-    init_distributed()
+    init_distributed(fv)
     import importlib
-    if dry_run is not None and dry_run.value:
+    trainer = importlib.import_module(self.trainer)
+    if "dry_run" in fv and fv.dry_run:
       import json
       import jax
       from mae_jax.parallel import memory
-      report = importlib.import_module(trainer).dry_run(value)
+      report = trainer.dry_run(value)
       if jax.process_index() == 0:
         print(f"dry run of {report['task']}: mesh {report['mesh']}, batch "
               f"{report['batch_size']}, step compiled in {report['compile_s']} s")
         print(memory.describe(report))
         print(json.dumps(report, sort_keys=True))
-      return
-    result = getattr(importlib.import_module(trainer), entry)(value, workdir.value)
+      return 0
+    result = getattr(trainer, self.entry)(value, fv.workdir)
     if isinstance(result, dict) and result.get("signal") == "SIGINT":
       print(f"interrupted at step {result['preempted_at']}; checkpoint saved. Re-run the same "
             "command to resume.", file=sys.stderr)
-      sys.exit(130)
-  return main
+      return 130
+    return 0
+
+
+def refuse_arguments(args: list[str]) -> None:
+  """A command without positional arguments refuses stray ones (a forgotten ``--``, a
+  space inside a flag value) instead of ignoring them."""
+  if args:
+    raise UserError(f"unexpected argument{'s' if len(args) > 1 else ''} "
+                    f"{' '.join(args)}: every input of this command is a --flag=value "
+                    "(`--help` lists them).")

@@ -7,5 +7,6 @@ the one the checkpoint was trained with); nothing else in the workdir changes.
 """
 from mae_jax.commands import common
 
-main = common.config_command("mae_jax.train.classifier", task=("finetune", "linprobe"),
-                             entry="evaluate")
+CONFIG_COMMAND = common.ConfigCommand("mae_jax.train.classifier",
+                                     task=("finetune", "linprobe"), entry="evaluate")
+define_flags, run = CONFIG_COMMAND.define_flags, CONFIG_COMMAND.run

@@ -18,38 +18,40 @@ from absl import flags
 
 from mae_jax.commands import common
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining, fine-tuning or probing "
-                               "workdir (or one of its checkpoints).")
-_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
-                            "official: facebookresearch/mae MaskedAutoencoderViT; timm: the "
-                            "encoder as a timm VisionTransformer; hf: ViTMAEForPreTraining; "
-                            "videomae: VideoMAEForPreTraining (video models).")
-_OUT = flags.DEFINE_string("out", None, "Output file (official, timm) or directory (hf, "
-                           "videomae).")
-flags.mark_flags_as_required(["workdir", "format", "out"])
+
+def define_flags(fv, argv):
+  flags.DEFINE_string("workdir", None, "A pretraining, fine-tuning or probing "
+      "workdir (or one of its checkpoints).", flag_values=fv)
+  flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
+      "official: facebookresearch/mae MaskedAutoencoderViT; timm: the "
+      "encoder as a timm VisionTransformer; hf: ViTMAEForPreTraining; "
+      "videomae: VideoMAEForPreTraining (video models).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Output file (official, timm) or directory (hf, "
+      "videomae).", flag_values=fv)
+  flags.mark_flags_as_required(["workdir", "format", "out"], flag_values=fv)
 
 
-def main(argv):
-  del argv
+def run(fv, args):
+  common.refuse_arguments(args)
   common.setup_logging()
   import jax
   import mae_jax
   from mae_jax import export
-  common.check_output(_OUT.value, "--out", export.writes_directory(_FORMAT.value, _OUT.value))
+  common.check_output(fv.out, "--out", export.writes_directory(fv.format, fv.out))
   from mae_jax.export import classifier
   from mae_jax import checkpoint_io
   from mae_jax import workdir as workdir_lib
-  workdir, step = workdir_lib.resolve(_WORKDIR.value)
+  workdir, step = workdir_lib.resolve(fv.workdir)
   config = workdir_lib.read_config(workdir)
   if classifier.is_classifier_config(config):
     parts, step = checkpoint_io.restore_parts(
         workdir, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]),
         ("params", "batch_stats"))
     written = classifier.save(parts["params"], parts.get("batch_stats"), config,
-                              _FORMAT.value, _OUT.value)
+                              fv.format, fv.out)
   else:
-    loaded = mae_jax.load(_WORKDIR.value)
+    loaded = mae_jax.load(fv.workdir)
     step = loaded.step
-    written = export.save(loaded.params, loaded.config, _FORMAT.value, _OUT.value)
-  logging.info("exported %s (step %d) as %s: %s", workdir, step, _FORMAT.value,
+    written = export.save(loaded.params, loaded.config, fv.format, fv.out)
+  logging.info("exported %s (step %d) as %s: %s", workdir, step, fv.format,
                ", ".join(written))

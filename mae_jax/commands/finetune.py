@@ -1,4 +1,6 @@
-"""mae-jax finetune --config=FILE[:ARG] --workdir=DIR --config.init_from=PRETRAIN_WORKDIR"""
+"""mae-jax finetune --config=FILE[:ARG] --workdir=DIR --config.init_from=PRETRAIN_WORKDIR
+[--dry_run]"""
 from mae_jax.commands import common
 
-main = common.config_command("mae_jax.train.classifier", task="finetune")
+CONFIG_COMMAND = common.ConfigCommand("mae_jax.train.classifier", task="finetune")
+define_flags, run = CONFIG_COMMAND.define_flags, CONFIG_COMMAND.run

@@ -26,28 +26,32 @@ from mae_jax import fileio
 from mae_jax.commands import common
 from mae_jax.errors import UserError
 
-_IN = flags.DEFINE_string("in", None, "Weights: a .pth/.bin/.safetensors file, or a Hugging "
-                          "Face model directory for --format=hf/videomae, or a timm "
-                          "local-dir folder.")
-_FORMAT = flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
-                            "Layout of the weights: official (facebookresearch/mae), timm "
-                            "(VisionTransformer encoder), hf (ViTMAEForPreTraining) or "
-                            "videomae (VideoMAEForPreTraining).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "New workdir to create.")
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "Target image size (default: the one the weights' position tables "
-    "are for). The model uses the fixed sin-cos tables of the new grid.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional experiment config: the architecture to load into (the weights "
-    "must fit it) and the data/optimizer settings the workdir keeps.", lock_config=True)
-_SEED = flags.DEFINE_integer("seed", None, "Seed of a fresh decoder (default: config.seed).")
-flags.mark_flags_as_required(["in", "format", "workdir"])
+
+def define_flags(fv, argv):
+  flags.DEFINE_string("in", None, "Weights: a .pth/.bin/.safetensors file, or a Hugging "
+      "Face model directory for --format=hf/videomae, or a timm "
+      "local-dir folder.", flag_values=fv)
+  flags.DEFINE_enum("format", None, ["official", "timm", "hf", "videomae"],
+      "Layout of the weights: official (facebookresearch/mae), timm "
+      "(VisionTransformer encoder), hf (ViTMAEForPreTraining) or "
+      "videomae (VideoMAEForPreTraining).", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "New workdir to create.", flag_values=fv)
+  flags.DEFINE_integer(
+      "image_size", None, "Target image size (default: the one the weights' position tables "
+      "are for). The model uses the fixed sin-cos tables of the new grid.", flag_values=fv)
+  config_flags.DEFINE_config_file(
+      "config", None, "Optional experiment config: the architecture to load into (the weights "
+      "must fit it) and the data/optimizer settings the workdir keeps.",
+      lock_config=True, flag_values=fv, sys_argv=argv)
+  flags.DEFINE_integer("seed", None, "Seed of a fresh decoder (default: config.seed).",
+      flag_values=fv)
+  flags.mark_flags_as_required(["in", "format", "workdir"], flag_values=fv)
 
 
-def main(argv):
-  del argv
+def run(fv, args):
+  common.refuse_arguments(args)
   common.setup_logging()
-  workdir = _WORKDIR.value
+  workdir = fv.workdir
   from mae_jax import workdir as workdir_lib
   from mae_jax.train import checkpoint
   if fileio.exists(fileio.join(workdir, workdir_lib.CONFIG_FILE)) or fileio.exists(
@@ -56,34 +60,34 @@ def main(argv):
   common.check_output(workdir, "--workdir", directory=True)
   from mae_jax import export
   from mae_jax.export import classifier
-  sd, meta, notices = export.load_file(_IN.value, _FORMAT.value)
+  sd, meta, notices = export.load_file(fv["in"].value, fv.format)
   if classifier.is_classifier_state_dict(sd):
-    if _FORMAT.value in ("hf", "videomae"):
+    if fv.format in ("hf", "videomae"):
       raise UserError("importing a Hugging Face classifier is not supported; export it to "
                       "a timm or official state dict.")
-    params, batch_stats, config = classifier.from_torch_state_dict(sd, _FORMAT.value, meta,
-                                                                   source=_IN.value)
-    if _CONFIG.value is not None:
-      config = _with_architecture(_CONFIG.value, config)
+    params, batch_stats, config = classifier.from_torch_state_dict(sd, fv.format, meta,
+                                                                   source=fv["in"].value)
+    if fv.config is not None:
+      config = _with_architecture(fv.config, config)
     from mae_jax.train import classifier as classifier_task
     classifier_task.write_workdir(workdir, config, params, batch_stats)
     m = config.model
     logging.info("imported %s (%s) into %s: %s classifier, ViT %d wide, depth %d, %d heads, "
-                 "patch %d, image %d, %d classes", _IN.value, _FORMAT.value, workdir,
+                 "patch %d, image %d, %d classes", fv["in"].value, fv.format, workdir,
                  config.task, m.embed_dim, m.depth, m.num_heads, m.patch_size,
                  config.data.image_size, config.num_classes)
     return
   for note in notices:
     logging.info("%s", note)
-  imported = export.from_torch_state_dict(sd, _FORMAT.value, _CONFIG.value, metadata=meta,
-                                          image_size=_IMAGE_SIZE.value, seed=_SEED.value,
-                                          source=_IN.value)
+  imported = export.from_torch_state_dict(sd, fv.format, fv.config, metadata=meta,
+                                          image_size=fv.image_size, seed=fv.seed,
+                                          source=fv["in"].value)
   checkpoint.write_workdir(workdir, imported.config, imported.params)
   m = imported.config.model
   video = imported.config.data.get("video")
   clip = (f"{video.num_frames} frames of " if m.get("tubelet_size") else "")
   logging.info("imported %s (%s) into %s: ViT %d wide, depth %d, %d heads, patch %d%s, "
-               "%s%dx%d, %s decoder", _IN.value, _FORMAT.value, workdir, m.embed_dim, m.depth,
+               "%s%dx%d, %s decoder", fv["in"].value, fv.format, workdir, m.embed_dim, m.depth,
                m.num_heads, m.patch_size,
                f", tubelet {m.tubelet_size}" if m.get("tubelet_size") else "", clip,
                imported.config.data.image_size, imported.config.data.image_size,

@@ -1,0 +1,90 @@
+"""The command line as a library: per-command flags and help, commands in-process."""
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY_FLAGS, run_cli
+from mae_jax import cli
+
+
+def test_every_command_module_imports_beside_the_others():
+  """Nothing is defined at import (it raised DuplicateFlagError when two did)."""
+  modules = [cli.command_module(name) for name in cli.COMMANDS]
+  for module in modules:
+    importlib.reload(module)
+    assert callable(module.define_flags) and callable(module.run)
+
+
+def test_top_level_help_lists_every_command(capsys):
+  assert cli.run(["--help"]) == 0
+  out = capsys.readouterr().out
+  for name, summary in cli.COMMANDS.items():
+    assert f"  {name:<10} {summary}" in out
+  assert cli.run([]) == 2  # no command: the same usage, but it is a mistake
+
+
+def test_an_unknown_command_is_one_error_line(capsys):
+  assert cli.run(["pretrian", "--workdir=w"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: unknown command 'pretrian'")
+  assert sum(line.startswith("error:") for line in err) == 1
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_command_help_shows_purpose_flags_and_defaults(command, capsys):
+  from absl import flags
+  assert cli.run([command, "--help"]) == 0
+  out = capsys.readouterr().out
+  module = cli.command_module(command)
+  assert out.startswith(f"usage: mae-jax {command}")
+  assert cli.COMMANDS[command] in out
+  fv = flags.FlagValues()
+  module.define_flags(fv, ["mae-jax"])
+  for name in fv:
+    flag = fv[name]
+    if flag.name != name:
+      continue
+    spelled = f"--[no]{name}" if isinstance(flag, flags.BooleanFlag) else f"--{name}"
+    line = next((l for l in out.splitlines() if l.startswith(f"  {spelled}  (")), None)
+    assert line is not None, f"{spelled} missing from `mae-jax {command} --help`:\n{out}"
+    if flag.default is not None and not flag.validators:
+      assert f"default: {flag.default_as_str.strip(chr(39))}" in line
+  for name in ("coordinator_address", "num_processes", "process_id", "verbosity"):
+    assert f"  --{name}  (" in out
+  assert ("--config.KEY=VALUE" in out) == ("config" in fv)
+
+
+def test_pretrain_help_in_a_terminal():
+  proc = subprocess.run([sys.executable, "-m", "mae_jax", "pretrain", "--help"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  for flag in ("--config  (required)", "--workdir  (required)", "--[no]dry_run  (default: false)"):
+    assert flag in proc.stdout
+  assert "docs/training.md" in proc.stdout and "--config.KEY=VALUE" in proc.stdout
+
+
+def test_commands_run_in_process_twice_and_beside_each_other(tmp_path, fmnist_available):
+  """pretrain twice (the second without the first's override), an error between them,
+  then another command: each gets fresh flags and the terminal's exit status."""
+  base = ("pretrain", "--config=configs/pretrain_fmnist.py", *TINY_FLAGS,
+          "--config.num_train_steps=2", "--config.checkpoint.every_steps=2")
+  first = run_cli(*base, f"--workdir={tmp_path / 'a'}", "--config.seed=7", check=True)
+  assert "step 2/2" in first.stdout
+  bad = run_cli(*base, f"--workdir={tmp_path / 'bad'}", "--config.batch_size=0")
+  assert bad.returncode == 2
+  assert [l for l in bad.stderr.splitlines() if l.strip()] == [
+      "error: batch_size=0 must be positive."]
+  run_cli(*base, f"--workdir={tmp_path / 'b'}", check=True)
+  seeds = [json.loads((tmp_path / w / "config.json").read_text())["seed"] for w in "ab"]
+  assert seeds == [7, 0]  # the second run did not inherit the first's --config.seed
+  out = tmp_path / "official.pth"
+  exported = run_cli("export", f"--workdir={tmp_path / 'a'}", "--format=official",
+                     f"--out={out}", check=True)
+  assert out.exists() and (tmp_path / "official.json").exists()
+  stray = run_cli("export", f"--workdir={tmp_path / 'a'}", "--format=official",
+                  f"--out={out}", "extra")
+  assert stray.returncode == 2 and stray.stderr.strip().startswith(
+      "error: unexpected argument extra")
