@@ -39,7 +39,8 @@ def main() -> None:
   task = pretrain.PretrainTask(c)
   mesh = mesh_lib.make_mesh(c.mesh)
   schedule = optim.learning_rate_schedule(c.optim, c.batch_size, total, per_epoch)
-  state, _, train_step = task.build(mesh, schedule, optim.applied_lr(schedule, c.optim))
+  built = task.build(mesh, schedule, optim.applied_lr(schedule, c.optim))
+  state, train_step = built.state, built.train_step
   monitor = evaluators.KnnMonitor(c, task.model, mesh)
   batches = pipeline.train_iterator(c.data, global_batch=c.batch_size, seed=c.seed,
                                     transform=task.record_transform)
@@ -48,7 +49,7 @@ def main() -> None:
     nonlocal state
     t0 = time.time()
     for i in range(n):
-      state, _ = train_step(state, task.device_batch(next(batches), i))
+      state, _ = train_step(state, task.device_batch(next(batches), i, built.batch_shardings))
     jax.block_until_ready(state)
     return (time.time() - t0) / n
 

@@ -50,7 +50,7 @@ def monitor_and_reference(config, mesh_shape=None) -> dict:
   task = pretrain.PretrainTask(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, 2, 1)
-  state, _, _ = task.build(mesh, schedule, optim.applied_lr(schedule, config.optim))
+  state = task.build(mesh, schedule, optim.applied_lr(schedule, config.optim)).state
   top1 = evaluators.KnnMonitor(config, task.model, mesh).run(state, 0)["knn_top1"]
 
   m = config.monitor

@@ -45,6 +45,7 @@ from mae_jax.train import evaluators as evaluators_lib
 from mae_jax.train import loop, optim
 from mae_jax.train import step as step_lib
 from mae_jax.train.state import ClassifierState
+from mae_jax.train.tasks import Built
 
 TASKS = ("finetune", "linprobe")
 HEAD = "head"
@@ -312,7 +313,17 @@ class ClassifierTask:
                              else pipeline.train_transform)
     self.ema_decay = _ema_decay(config)
 
-  def build(self, mesh, schedule, lr_fn, abstract: bool = False):
+  def batch_shardings(self, mesh) -> dict:
+    """Shardings of ``device_batch``'s dict: images and labels split over the batch;
+    fine-tuning adds the mixing draws (replicated) and the erase boxes."""
+    shardings = {"image": sharding_lib.batch_sharding(mesh),
+                 "label": sharding_lib.batch_sharding(mesh, 1)}
+    if self.finetune:
+      shardings["mix"] = sharding_lib.replicated(mesh)
+      shardings["erase"] = sharding_lib.batch_sharding(mesh, 2)
+    return shardings
+
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False) -> Built:
     c = self.config
     tx, opt_init = optimizer(c, schedule)
     state, shardings = create_state(self.model, opt_init, mesh, registry.input_shape(c),
@@ -325,14 +336,11 @@ class ClassifierTask:
                             aug.remode if aug.reprob > 0 else None)
     else:
       fn = linprobe_step_fn(self.model, tx, lr_fn, pixel_stats)
-    self.shardings = {"image": sharding_lib.batch_sharding(mesh),
-                      "label": sharding_lib.batch_sharding(mesh, 1)}
-    if self.finetune:
-      self.shardings["mix"] = sharding_lib.replicated(mesh)
-      self.shardings["erase"] = sharding_lib.batch_sharding(mesh, 2)
+    batch_shardings = self.batch_shardings(mesh)
     logging.info("classifier %s (%s pooling, %d classes)", c.model.name, c.model.pool,
                  c.num_classes)
-    return state, shardings, step_lib.jit_step(fn, mesh, shardings, self.shardings)
+    return Built(state, shardings, step_lib.jit_step(fn, mesh, shardings, batch_shardings),
+                 batch_shardings)
 
   def initialize(self, state, mesh):
     """Params from ``config.init_from`` (or as initialised, with a warning)."""
@@ -343,8 +351,8 @@ class ClassifierTask:
                                           self.model.grid, sharding_lib.replicated(mesh))
     return _restart_ema(state.replace(params=load_lib.place(tensors, state.params)))
 
-  def abstract_batch(self) -> dict:
-    """What ``device_batch`` returns, as ``ShapeDtypeStruct``s (after ``build``)."""
+  def abstract_batch(self, shardings: dict) -> dict:
+    """What ``device_batch`` returns, as ``ShapeDtypeStruct``s."""
     c = self.config
     b, size = c.batch_size, c.data.image_size
     erase = finetune_augment.erase_params(np.random.default_rng(0), size, size, 0.0)
@@ -353,9 +361,9 @@ class ClassifierTask:
               "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
                       jnp.float32),
               "erase": ((b,) + erase.shape, erase.dtype)}
-    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in self.shardings.items()}
+    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in shardings.items()}
 
-  def device_batch(self, host_batch, step: int) -> dict:
+  def device_batch(self, host_batch, step: int, shardings: dict) -> dict:
     c = self.config
     batch = {"image": host_batch["image"], "label": host_batch["label"]}
     if self.finetune:
@@ -368,7 +376,7 @@ class ClassifierTask:
           rng, c.data.image_size, c.data.image_size, mixup_alpha=aug.mixup,
           cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
           switch_prob=aug.mixup_switch_prob).as_vector()
-    return {k: loop.global_array(self.shardings[k], v,
+    return {k: loop.global_array(shardings[k], v,
                                  v.shape if k == "mix" else (c.batch_size,) + v.shape[1:])
             for k, v in batch.items()}
 

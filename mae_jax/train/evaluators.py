@@ -1,13 +1,13 @@
 """Evaluators the loop runs periodically and at the end of a run.
 
-An evaluator has a ``name``, ``every`` (steps; 0 = only at the end),
-``run(state, step) -> dict`` of host scalars, ``scalars(result)``: what of it goes to
-``metrics.jsonl`` / TensorBoard, and ``has_result(eval_log)``: whether a re-run
-with nothing left to train may skip it. The loop decides when (``loop.itstime``),
-logs what they return, adds it to ``W/eval.json`` (``EvalLog``) and, for a task with
-``keep_best``, saves a checkpoint carrying the metric. Which evaluators run is
-config: ``eval_every_steps`` (reconstruction grids / top-1), ``probe.enabled`` (the
-demo's quick linear probe).
+An evaluator (the contract: ``mae_jax.train.tasks.Evaluator``) has a ``name``,
+``every`` (steps; 0 = only at the end), ``run(state, step) -> dict`` of host scalars,
+``scalars(result)``: what of it goes to ``metrics.jsonl`` / TensorBoard, and
+``has_result(eval_log)``: whether a re-run with nothing left to train may skip it.
+The loop decides when (``loop.itstime``), logs what they return, adds it to
+``W/eval.json`` (``EvalLog``) and, for a task with ``keep_best``, saves a checkpoint
+carrying the metric. Which evaluators run is config: ``eval_every_steps``
+(reconstruction grids / top-1), ``probe.enabled`` (the demo's quick linear probe).
 """
 from __future__ import annotations
 

@@ -4,17 +4,12 @@ Sections, top to bottom: setup, mesh, input, model + optimizer + sharded state,
 restore or initialise, workdir, loop (step, non-finite check, log, evaluate,
 checkpoint, preemption), final evaluation, cleanup. A task
 (``mae_jax.train.pretrain.PretrainTask``, ``mae_jax.train.classifier.ClassifierTask``)
-gives only what differs:
-
-* ``name``; ``keep_best``: a metric whose best checkpoint is kept (or ``None``);
-* ``record_transform``: the per-record augmentation for ``pipeline.train_iterator``;
-* ``build(mesh, schedule, lr_fn) -> (state, state_shardings, train_step)``;
-* ``initialize(state, mesh) -> state`` for a run that starts from no checkpoint
-  (``init_from``);
-* ``device_batch(host_batch, step) -> batch`` of global arrays for ``train_step``, and
-  ``abstract_batch()``, its shapes (the memory check and ``--dry_run`` compile the
-  step from them; ``build(..., abstract=True)`` gives the state's shapes);
-* ``evaluators(mesh, workdir, writer) -> [evaluator]`` (``mae_jax.train.evaluators``).
+gives only what differs: its model, optimizer and jitted step (``build`` returns
+them as ``Built``), its batches (``device_batch``; ``abstract_batch`` gives their
+shapes, from which the memory check and ``--dry_run`` compile the step with
+``build(..., abstract=True)``), the start of a run without a checkpoint
+(``initialize``) and its evaluators. Both contracts are code:
+``mae_jax.train.tasks.Task`` and ``mae_jax.train.tasks.Evaluator``.
 
 Every task thus gets the same process-count-independent global batch, the same
 non-finite policy (each step's loss, gradient norm and parameter norm are checked, one step late
@@ -43,6 +38,7 @@ from mae_jax.train import metrics as metrics_lib
 from mae_jax.train import optim
 from mae_jax.train.evaluators import EvalLog
 from mae_jax.train.preemption import Preemption
+from mae_jax.train.tasks import Built, Evaluator, Task
 
 
 def itstime(step: int, every: int, total: int, end: bool = True) -> bool:
@@ -87,14 +83,14 @@ def global_array(sharding, local, global_shape):
   return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
 
 
-def memory_report(config, task, train_step, state) -> dict:
-  """XLA's per-device memory estimate of ``train_step`` on ``state`` (arrays or shapes)
-  and the verdict against the device memory (``mae_jax.parallel.memory``)."""
-  compiled = train_step.compile(state, task.abstract_batch())
+def memory_report(config, task: Task, built: Built, state) -> dict:
+  """XLA's per-device memory estimate of ``built.train_step`` on ``state`` (arrays or
+  shapes) and the verdict against the device memory (``mae_jax.parallel.memory``)."""
+  compiled = built.train_step.compile(state, task.abstract_batch(built.batch_shardings))
   return memory_lib.report(state, compiled, float(config.get("device_memory_gib", 0.0) or 0.0))
 
 
-def dry_run(config, task) -> dict:
+def dry_run(config, task: Task) -> dict:
   """``--dry_run``: the mesh, the sharded state's shapes and the compiled train step,
   with nothing allocated, no data read and no workdir written; returns the memory
   report (``mae_jax.parallel.memory.report``) plus the run's layout."""
@@ -102,9 +98,9 @@ def dry_run(config, task) -> dict:
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch(config.batch_size, mesh)
   constant = lambda count: 0.0  # the state's structure and the step's memory need no schedule
-  state, _, train_step = task.build(mesh, constant, constant, abstract=True)
+  built = task.build(mesh, constant, constant, abstract=True)
   start = time.perf_counter()
-  rep = memory_report(config, task, train_step, state)
+  rep = memory_report(config, task, built, built.state)
   rep.update(task=task.name, mesh=dict(mesh.shape), batch_size=int(config.batch_size),
              compile_s=round(time.perf_counter() - start, 2))
   return rep
@@ -114,7 +110,7 @@ def _host(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def run(config, workdir: str, task, train: bool = True) -> dict:
+def run(config, workdir: str, task: Task, train: bool = True) -> dict:
   """Trains ``task`` as ``config`` says in ``workdir``; returns the final evaluation.
 
   ``train=False`` evaluates the workdir's latest checkpoint (every evaluator once)
@@ -152,7 +148,8 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
                                         transform=task.record_transform)
 
     # ---------------------------------------------------------------- model + optimizer
-    state, _, train_step = task.build(mesh, schedule, lr_fn)
+    built = task.build(mesh, schedule, lr_fn)
+    state, train_step = built.state, built.train_step
     logging.info("%s: %s parameters", task.name,
                  f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
@@ -173,7 +170,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     if train and start_step < num_steps:
       # the step's compilation, done now (the first step reuses it) to stop with one
       # line when it clearly cannot fit, before the workdir is written
-      memory = memory_report(config, task, train_step, state)
+      memory = memory_report(config, task, built, state)
       logging.info("%s: train step needs ~%.2f GiB per device (XLA estimate)%s", task.name,
                    (memory["peak_bytes_per_device"] or 0) / memory_lib.GIB,
                    "" if memory["fits"] is None else
@@ -185,7 +182,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     if is_primary and train:
       workdir_lib.save_config(workdir, config)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
-    evaluators = task.evaluators(mesh, workdir, writer)
+    evaluators: list[Evaluator] = task.evaluators(mesh, workdir, writer)
     eval_log = EvalLog(workdir, best_metric=task.keep_best, enabled=is_primary)
     config_dict = json.loads(config.to_json_best_effort())
 
@@ -201,7 +198,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
             f"{last_good()}. Lower optim.base_lr, set optim.clip_grad_norm (e.g. 1.0), or "
             "use float32 (model.dtype).")
 
-    def evaluate(step: int, evaluator) -> dict:
+    def evaluate(step: int, evaluator: Evaluator) -> dict:
       result = evaluator.run(state, step)
       logged = evaluator.scalars(result)
       if logged:
@@ -230,7 +227,7 @@ def run(config, workdir: str, task, train: bool = True) -> dict:
     t_log, images_since_log = time.time(), 0
     with Preemption(start_step) as preemption:
       while step < num_steps:
-        batch = task.device_batch(next(data_iter), step)
+        batch = task.device_batch(next(data_iter), step, built.batch_shardings)
         profile.before_step(step)
         state, metrics = train_step(state, batch)
         if pending is not None:

@@ -21,6 +21,7 @@ from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import evaluators as evaluators_lib
 from mae_jax.train import loop, optim
 from mae_jax.train import step as step_lib
+from mae_jax.train.tasks import Built
 
 
 def validate(config) -> None:
@@ -40,30 +41,32 @@ class PretrainTask:
     self.config = config
     self.model = registry.build_mae(config)
 
-  def build(self, mesh, schedule, lr_fn, abstract: bool = False):
+  def batch_shardings(self, mesh):
+    """The images' sharding (``device_batch`` returns the images alone)."""
+    return sharding_lib.batch_sharding(mesh)
+
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False) -> Built:
     c = self.config
     tx = optim.adamw(c.optim, schedule)
     state, shardings = step_lib.create_train_state(self.model, tx, mesh,
                                                    registry.input_shape(c), c.seed, abstract)
-    self.images_sharding = sharding_lib.batch_sharding(mesh)
     # (a dry run reads no data: the statistics' values do not change the step's memory)
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed,
                                           pipeline.normalization(c.data,
                                                                  dataset_required=not abstract))
-    return state, shardings, train_step
+    return Built(state, shardings, train_step, self.batch_shardings(mesh))
 
   def initialize(self, state, mesh):
     return state
 
-  def device_batch(self, host_batch, step: int):
+  def device_batch(self, host_batch, step: int, shardings):
     shape = registry.input_shape(self.config, self.config.batch_size)
-    return loop.global_array(self.images_sharding, host_batch["image"], shape)
+    return loop.global_array(shardings, host_batch["image"], shape)
 
-  def abstract_batch(self):
-    """What ``device_batch`` returns (uint8 pixels), as a ``ShapeDtypeStruct`` (after
-    ``build``)."""
+  def abstract_batch(self, shardings):
+    """What ``device_batch`` returns (uint8 pixels), as a ``ShapeDtypeStruct``."""
     return jax.ShapeDtypeStruct(registry.input_shape(self.config, self.config.batch_size),
-                                jnp.uint8, sharding=self.images_sharding)
+                                jnp.uint8, sharding=shardings)
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config
