@@ -88,3 +88,10 @@ def test_commands_run_in_process_twice_and_beside_each_other(tmp_path, fmnist_av
                   f"--out={out}", "extra")
   assert stray.returncode == 2 and stray.stderr.strip().startswith(
       "error: unexpected argument extra")
+  # a multi-process run cannot join from a process that already runs JAX on its own
+  joined = run_cli(*base, f"--workdir={tmp_path / 'c'}", "--coordinator_address=127.0.0.1:1",
+                   "--num_processes=2", "--process_id=0")
+  errors = [l for l in joined.stderr.splitlines() if l.startswith("error:")]
+  assert joined.returncode == 2 and len(errors) == 1, joined.stderr[-2000:]
+  assert "needs a Python process of its own" in errors[0]
+  assert not (tmp_path / "c").exists()

@@ -73,9 +73,41 @@ def test_config_file_problems_are_one_line(tmp_path):
   cases = ((tmp_path / "missing.py", "does not exist"),
            (tmp_path / "syntax.py", "syntax error at line 1"),
            (tmp_path / "empty.py", "defines no get_config"))
+  # a config file loaded before in this process (the in-process CLI) changes nothing
+  assert run_cli("pretrain", "--config=configs/pretrain_fmnist.py",
+                 f"--workdir={tmp_path / 'w'}", "stray").returncode == 2
   for path, pattern in cases:
     proc = run_cli("pretrain", f"--config={path}", f"--workdir={tmp_path / 'w'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and pattern in lines[0], (path, lines)
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_ctrl_c_reports_the_step_it_saved(tmp_path, fmnist_available):
+  """In process: the step a Ctrl-C'd run returns (the CLI prints it: "interrupted at
+  step N") is the step of its checkpoint and of its last metrics row."""
+  import threading
+  import mae_jax
+  from conftest import load_config, tiny_overrides, training_rows
+  from mae_jax.train import pretrain
+  config = tiny_overrides(load_config("pretrain_fmnist"), steps=100000)
+  config.checkpoint.every_steps = 100000
+  metrics = tmp_path / "metrics.jsonl"
+  done = threading.Event()
+
+  def interrupt():  # once the loop is running (its handler installed)
+    while not done.is_set() and not (metrics.exists() and metrics.stat().st_size > 0):
+      time.sleep(0.1)
+    if not done.is_set():
+      os.kill(os.getpid(), signal.SIGINT)
+  thread = threading.Thread(target=interrupt, daemon=True)
+  thread.start()
+  try:
+    result = pretrain.train_and_evaluate(config, str(tmp_path))
+  finally:
+    done.set()
+    thread.join()
+  assert result["signal"] == "SIGINT"
+  assert result["preempted_at"] == mae_jax.load(str(tmp_path)).step >= 1
+  assert training_rows(tmp_path)[-1]["step"] == result["preempted_at"]

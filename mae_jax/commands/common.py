@@ -240,6 +240,9 @@ def setup_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+CONFIG_MODULE = "config_config"  # where ml_collections loads the --config file
+
+
 class ConfigCommand:
   """A command driven by a config file (pretrain, finetune, linprobe, evaluate):
   flags ``--config``/``--workdir`` (and ``--dry_run`` for training), running
@@ -256,6 +259,10 @@ class ConfigCommand:
 
   def define_flags(self, fv: flags.FlagValues, argv: list[str]) -> None:
     from ml_collections import config_flags
+    # ml_collections executes the file into the module sys.modules keeps under this
+    # name: a second command in this process would see the first file's definitions
+    # (a file without get_config would run the previous one's)
+    sys.modules.pop(CONFIG_MODULE, None)
     config_flags.DEFINE_config_file(
         "config", None, "Experiment config file (FILE or FILE:ARG, e.g. "
         "configs/pretrain_imagenet.py:variant=L/16).", flag_values=fv, lock_config=True,

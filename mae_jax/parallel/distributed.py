@@ -32,7 +32,7 @@ from mae_jax.errors import ConfigError, UserError
 DEFAULT_TIMEOUT_S = 300
 EXIT_STATUS = 2  # the CLI's status for errors the user can fix
 _JAX_GRACE_S = 15  # JAX's own timeout fires this much after ours
-_INITIALIZED = False
+_JOINED = None  # what this process joined as: the explicit flags, or "environment"
 
 
 class DistributedError(UserError, RuntimeError):
@@ -175,9 +175,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   :class:`DistributedError` (or exits with one ``error:`` line) after at most
   about ``timeout_s`` seconds if the processes cannot be joined.
   """
-  global _INITIALIZED
-  if _INITIALIZED:
-    return
+  global _JOINED
   if timeout_s is None or timeout_s <= 0:
     raise ConfigError(f"--distributed_timeout_s={timeout_s} must be positive.")
   explicit = [coordinator_address, num_processes, process_id]
@@ -191,9 +189,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if not 0 <= process_id < num_processes:
       raise ConfigError(f"--process_id={process_id} must be in [0, {num_processes}).")
     parse_address(coordinator_address)
+  if _JOINED is not None:  # a second command in this Python process
+    wanted = tuple(explicit) if any(v is not None for v in explicit) else None
+    if wanted is not None and wanted != _JOINED and num_processes > 1:
+      raise DistributedError(
+          f"this Python process already runs JAX as process {jax.process_index()} of "
+          f"{jax.process_count()}; a run on {num_processes} processes "
+          "(--coordinator_address, --num_processes, --process_id) needs a Python "
+          "process of its own: start the command from a shell.")
+    return
+  if any(v is not None for v in explicit):
     if num_processes == 1:
       logging.info("--num_processes=1: a single-process run, nothing to join")
-      _INITIALIZED = True
+      _JOINED = tuple(explicit)
       return
     if process_id != 0:
       wait_for_coordinator(coordinator_address, timeout_s)
@@ -222,9 +230,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                "--distributed_timeout_s.")
     _join(kwargs, timeout_s, message)
   else:
-    _INITIALIZED = True
+    _JOINED = "environment"
     return
-  _INITIALIZED = True
+  _JOINED = tuple(explicit) if any(v is not None for v in explicit) else "environment"
   logging.info("joined %d processes as process %d (%d local / %d global devices)",
                jax.process_count(), jax.process_index(), jax.local_device_count(),
                jax.device_count())

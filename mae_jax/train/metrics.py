@@ -107,11 +107,11 @@ class Progress:
   """A progress bar with img/s and ETA on a terminal; plain lines otherwise."""
 
   def __init__(self, total_steps: int, start_step: int, enabled: bool = True,
-               stream=sys.stdout):
+               stream=None):
     self.total = total_steps
     self.start = start_step
     self.enabled = enabled
-    self.stream = stream
+    self.stream = sys.stdout if stream is None else stream  # today's, not import time's
     self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
     self.t0 = time.time()
 
