@@ -8,7 +8,7 @@ WORKDIR ?= workdirs/fmnist_demo
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test install dataset clean
+.PHONY: demo test test-fast install dataset clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +40,20 @@ demo: $(VENV)/.base dataset
 	  print('linear-probe top-1 on %d test images: MAE encoder %.4f, random encoder %.4f, raw pixels %.4f' \
 	        % (e['probe_test_images'], e['linear_probe_top1'], e['random_init_probe_top1'], e['raw_pixels_probe_top1']))"
 
-# Test files run on TEST_WORKERS processes (pytest-xdist; one file stays on one
-# worker, so its module fixtures are built once); the 30 slowest tests are listed.
+# Every test. Test files run on TEST_WORKERS processes (pytest-xdist; one file stays
+# on one worker, so its module fixtures are built once; the files with the most slow
+# tests go first); the 30 slowest tests are listed. docs/testing.md says more.
 TEST_WORKERS ?= 2
 test: $(VENV)/.test dataset
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
+
+# The inner loop (about a minute): the model, masking, losses, schedules, data order,
+# configs and the command line, without the slow tests and those that start processes.
+FAST_TESTS := masking model attention pos_resize optim data finetune_augment uint8_input \
+  video_data loop structure cli
+test-fast: $(VENV)/.test dataset
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	  -m "not slow and not multiprocess" $(FAST_TESTS:%=tests/test_%.py)
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -1,12 +1,44 @@
-"""Tests run on the CPU with tiny models; multi-device tests start subprocesses."""
+"""Tests run on the CPU with tiny models; what needs real processes starts them.
+
+Every process of a test run (pytest-xdist's workers and the processes tests start)
+shares one JAX persistent compilation cache, made for the run in the temporary
+folder and removed at its end (or ``JAX_COMPILATION_CACHE_DIR`` when set): many
+tests compile the same tiny steps. XLA's CPU code generation runs without its
+expensive LLVM passes (``TEST_XLA_FLAGS``): the tiny programs of the tests compile
+in about half the time and compute the same numbers, only less optimised.
+``MAE_JAX_TEST_XLA_OPT=1`` keeps XLA's defaults. Markers (``pytest.ini``): ``gcs``,
+``torch`` and ``multiprocess`` are read from each test's code (the hook at the end
+of this file), ``slow`` is written on the test.
+"""
+import collections
+import contextlib
 import functools
 import importlib.util
+import inspect
+import io
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("MAE_JAX_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in \
+    os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+_OWN_CACHE = None  # the cache folder this process made (and removes at the end)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  # pytest-xdist's workers and the processes tests start inherit it: one per run
+  _OWN_CACHE = tempfile.mkdtemp(prefix="mae_jax-test-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+# cache every program, however small or quick to compile
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import mae_jax  # noqa: E402,F401  (chooses the gs:// client before any test touches a path)
 
 import numpy as np  # noqa: E402
@@ -142,16 +174,49 @@ TINY_FLAGS = [
 ]
 
 
-def run_cli(*args, env=None, timeout=300, check=False):
-  """Runs ``python -m mae_jax ARGS`` and returns the CompletedProcess."""
-  full_env = dict(os.environ)
-  full_env.update(env or {})
-  proc = subprocess.run([sys.executable, "-m", "mae_jax", *args], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+def run_cli(*args, env=None, timeout=300, check=False, process=False):
+  """Runs ``mae-jax ARGS``; returns a CompletedProcess (returncode, stdout, stderr).
+
+  In this process (``mae_jax.cli.run``, with the repository as the working directory
+  and stdout/stderr captured) unless ``process`` or ``env`` asks for a real
+  ``python -m mae_jax`` process: what only a process shows (signals, C++ logs, the
+  interpreter's shutdown, another device count) needs one. An exception that escapes
+  the command is exit status 1 with its traceback on stderr, as in a terminal.
+  """
+  if process or env:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "mae_jax", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+  else:
+    proc = _run_cli_in_process(list(args))
   if check and proc.returncode != 0:
     raise AssertionError(f"mae-jax {' '.join(args)} failed ({proc.returncode}):\n"
                          f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   return proc
+
+
+def _run_cli_in_process(args: list) -> subprocess.CompletedProcess:
+  from mae_jax import cli
+  out, err = io.StringIO(), io.StringIO()
+  root = logging.getLogger()
+  handlers, level, cwd = list(root.handlers), root.level, os.getcwd()
+  os.chdir(REPO)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        code = cli.run(args)
+      except Exception:  # noqa: BLE001  (a terminal prints it and exits 1)
+        traceback.print_exc()
+        code = 1
+  finally:
+    os.chdir(cwd)
+    for handler in list(root.handlers):  # the command's console handler, on ``out``
+      root.removeHandler(handler)
+    for handler in handlers:
+      root.addHandler(handler)
+    root.setLevel(level)
+  return subprocess.CompletedProcess(["mae-jax", *args], code, out.getvalue(), err.getvalue())
 
 
 def eight_device_report(script: str, timeout: int = 400) -> dict:
@@ -169,6 +234,11 @@ def eight_device_report(script: str, timeout: int = 400) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def fmnist_available():
   from mae_jax.data.sources import DEBIAN_FASHION_MNIST
@@ -179,3 +249,65 @@ def fmnist_available():
 
 
 from gcs_emulator import gcs, gcs_server  # noqa: E402,F401  (fixtures)
+
+
+# ------------------------------------------------------------------ markers
+# What a test needs or costs, read from its code so a new test is marked without
+# being told: ``gcs`` (uses the emulator's fixtures), ``torch`` (imports PyTorch,
+# timm or transformers), ``multiprocess`` (starts processes). Each is looked for in
+# the test's own source, in the module-level functions it calls by name and in its
+# fixtures' sources; ``torch`` also in the module's top-level imports. ``slow`` is
+# written on the tests themselves (pytest.ini says what it means).
+_NEEDS = {
+    "torch": re.compile(r"^\s*(import (torch|timm|transformers)\b|from (torch|timm|transformers)"
+                        r"\b)|importorskip\(\"(torch|timm|transformers)", re.M),
+    "multiprocess": re.compile(r"subprocess\.(run|Popen)|process=True|\benv=(?!None)"
+                               r"|eight_device_report\("),
+}
+
+
+def _source(obj) -> str:
+  try:
+    return inspect.getsource(obj)
+  except (OSError, TypeError):
+    return ""
+
+
+@functools.cache
+def _module_sources(module) -> tuple[str, dict]:
+  text = _source(module)
+  functions = {name: _source(f) for name, f in vars(module).items()
+               if inspect.isfunction(f) and getattr(f, "__module__", None) == module.__name__}
+  return text, functions
+
+
+def _code_of(item, fixtures_from_skip=()) -> str:
+  """The test's source and its fixtures' (but those of modules in
+  ``fixtures_from_skip``), with the module-level functions either calls by name."""
+  own = [_source(item.function)]
+  own += [_source(d.func) for defs in item._fixtureinfo.name2fixturedefs.values()
+          for d in defs if not d.func.__module__.startswith(("_pytest", *fixtures_from_skip))]
+  text = "\n".join(own)
+  _, functions = _module_sources(item.module)
+  called = [src for name, src in functions.items()
+            if name != item.function.__name__ and re.search(rf"\b{name}\(", text)]
+  return "\n".join([text, *called])
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if not isinstance(item, pytest.Function):
+      continue
+    module_text, _ = _module_sources(item.module)
+    top_level = "\n".join(l for l in module_text.splitlines() if not l.startswith((" ", "\t")))
+    if {"gcs", "gcs_server"} & set(item.fixturenames):
+      item.add_marker("gcs")
+    if _NEEDS["torch"].search(_code_of(item)) or _NEEDS["torch"].search(top_level):
+      item.add_marker("torch")
+    # (the emulator is a process of its own, but not one of ours)
+    if _NEEDS["multiprocess"].search(_code_of(item, ("gcs_emulator",))):
+      item.add_marker("multiprocess")
+  # Files with the most slow tests first: pytest-xdist hands files to its workers in
+  # this order, so the longest start early and the workers end together.
+  slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+  items.sort(key=lambda item: -slow[item.path])

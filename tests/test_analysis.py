@@ -361,6 +361,7 @@ def workdirs(tmp_path_factory, fmnist_available):
   return config, trained, rand
 
 
+@pytest.mark.slow
 def test_analyze_command_writes_report_json_and_pngs(tmp_path, workdirs):
   config, trained, rand = workdirs
   out = tmp_path / "out"

@@ -440,6 +440,8 @@ if __name__ == "__main__":
 # ====================================================================== tests
 import pytest  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 
 class Places:
   """The paths the placeholders name, made once per session."""

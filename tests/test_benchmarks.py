@@ -127,6 +127,7 @@ CLIPS = (["--variant=tiny/8", "--image_size=32", "--channels=3", "--num_frames=4
          -(4 * 128 + 2 * 64))   # VideoMAE has no key bias (ours: zeros in every block)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [IMAGES, CLIPS], ids=["images", "clips"])
 def test_throughput_benchmark_runs_on_a_bare_jax_install(tmp_path, case):
   shape_args, model, peer, extra_params = case
@@ -180,6 +181,7 @@ def test_throughput_benchmark_uses_config_libs_videomae_layout():
       bench.VIDEOMAE_LAYOUT)
 
 
+@pytest.mark.slow
 def test_mae_vs_scratch_sweep_in_a_tiny_mode(tmp_path, fmnist_available, caplog):
   """The sweep of ``paper_trends.py --mae_vs_scratch`` on a 2-step pretraining and
   2-step fine-tunes: both arms, finished runs reused, the summary against NumPy, the

@@ -272,6 +272,7 @@ def finetuned(pretrained, tmp_path_factory):
   return workdir, classifier.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow
 def test_finetune_beats_chance(finetuned):
   workdir, result = finetuned
   with open(f"{workdir}/eval.json") as f:

@@ -155,6 +155,7 @@ def _wait_for_rows(proc, path: str, past_step: int) -> None:
   raise AssertionError(f"no row past step {past_step} in {path}")
 
 
+@pytest.mark.slow
 def test_pretrain_on_gcs_killed_and_resumed_follows_the_uninterrupted_run(gcs, tmp_path,
                                                                           fmnist_available):
   import mae_jax

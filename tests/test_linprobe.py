@@ -112,6 +112,7 @@ def test_lars_is_optax_lars_at_constant_lr():
       0.3 * 0.001 * float(jnp.linalg.norm(params["kernel"])), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mae_probe_beats_random_encoder_and_chance(pretrained, tmp_path):
   import mae_jax
   from mae_jax import checkpoint_io
@@ -143,6 +144,7 @@ def test_cli_reports_missing_init_from(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", ["mean", "patches"])
 def test_demo_probe_reports_mae_random_and_raw_pixels(pretrained, features):
   """The demo's quick probe (eval.json of a pretraining with probe.enabled): the MAE

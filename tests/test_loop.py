@@ -84,6 +84,7 @@ def _final_params(workdir, step=None):
   return traverse_util.flatten_dict(params, sep="/")
 
 
+@pytest.mark.slow
 def test_k_micro_batches_of_b_equal_one_batch_of_kb(tmp_path, fmnist_available):
   """Fine-tuning (LLRD AdamW, warmup + cosine) with 2 x 16 images per update gives
   the parameters of 32 images per update, and logs the lr it applies."""
@@ -140,6 +141,7 @@ def test_non_finite_loss_stops_every_task_before_a_checkpoint(task, tmp_path,
     assert all(np.isfinite(v).all() for v in params.values()), step
 
 
+@pytest.mark.slow
 def test_metrics_hold_each_step_once_after_a_resume(tmp_path, fmnist_available):
   from mae_jax.train import pretrain
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=6)

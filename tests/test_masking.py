@@ -340,6 +340,7 @@ def masked_panel_patches(png_path, row, image_size, patch_size, scale):
   return (patches == 128).all(axis=(2, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", IMAGE_STRATEGIES)
 def test_short_pretraining_with_each_strategy_shows_its_masks(tmp_path, fmnist_available,
                                                                strategy):

@@ -97,6 +97,7 @@ def eight_devices(fmnist_available):
   return eight_device_report(__file__, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "x".join(map(str, m)))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c['k']}")
 def test_monitor_equals_numpy_knn_on_eight_devices(eight_devices, mesh_shape, case):
@@ -106,6 +107,7 @@ def test_monitor_equals_numpy_knn_on_eight_devices(eight_devices, mesh_shape, ca
     assert result["params_sharded"], "fsdp should shard the params the monitor reads"
 
 
+@pytest.mark.slow
 def test_monitor_rises_over_a_short_pretraining(tmp_path, fmnist_available):
   """200 steps of a 1-block, 32-wide MAE (patch 4); the monitor at steps 50..200.
 

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import REPO, TINY_FLAGS, run_cli, training_rows
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 # Faster XLA compiles on the CPU; both sides of every comparison use them.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -43,16 +45,7 @@ def _launch(n, devices, args, tmp_path, timeout=300):
   return proc
 
 
-@pytest.fixture
-def compile_cache(tmp_path, monkeypatch):
-  """One persistent compilation cache for the runs of a test: resumed runs reuse it."""
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
-
-def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_available,
-                                                        compile_cache):
+def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_available):
   eight = {"XLA_FLAGS": f"{FAST_XLA} --xla_force_host_platform_device_count=8"}
   ref, multi = tmp_path / "one_process", tmp_path / "two_processes"
   run_cli(*_pretrain(ref, 10), env=eight, check=True)
@@ -103,8 +96,7 @@ def _classifier(task, workdir, init_from, *extra):
 
 
 @pytest.mark.parametrize("task", ["finetune", "linprobe"])
-def test_classifier_on_two_processes_equals_one_process(task, tmp_path, fmnist_available,
-                                                        compile_cache):
+def test_classifier_on_two_processes_equals_one_process(task, tmp_path, fmnist_available):
   """init_from a 1-process pretraining; 2 processes x 4 devices train and evaluate
   exactly like 1 process x 8 devices (the global batch, mixup/cutmix pairs and
   drop-path draws do not depend on the process count)."""
@@ -140,7 +132,8 @@ def test_unreachable_coordinator_fails_fast_with_a_clear_error(tmp_path, process
   start = time.monotonic()
   proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}",
                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 f"--process_id={process_id}", "--distributed_timeout_s=3", timeout=60)
+                 f"--process_id={process_id}", "--distributed_timeout_s=3", timeout=60,
+                 process=True)  # JAX's client aborts a process: the point is a real one
   elapsed = time.monotonic() - start
   assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
   assert "Traceback" not in proc.stderr and "Check failure" not in proc.stderr, proc.stderr

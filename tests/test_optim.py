@@ -78,3 +78,21 @@ def test_gradient_accumulation_and_clipping_build():
   c.grad_accum_steps = 0
   with pytest.raises(ConfigError):
     optim.adamw(c, lambda step: 0.1)
+
+
+def test_clipping_bounds_the_gradient_adam_sees():
+  """``optim.clip_grad_norm`` clips the global gradient norm before AdamW: two updates
+  against a NumPy Adam fed the clipped gradients. (An Adam step alone is nearly
+  scale-invariant; the second one, after a gradient of another norm, shows the clip.)"""
+  c = config_lib.pretrain_defaults("tiny/4").optim
+  c.update(clip_grad_norm=1.0, weight_decay=0.0, b1=0.9, b2=0.95)
+  tx = optim.adamw(c, lambda step: 0.1)
+  params = {"w": {"kernel": jnp.zeros((2, 2))}}
+  state = tx.init(params)
+  m = v = np.zeros((2, 2))
+  for t, g in enumerate([np.full((2, 2), 10.0), np.array([[0.1, -0.2], [0.3, 0.05]])], 1):
+    updates, state = tx.update({"w": {"kernel": jnp.asarray(g, jnp.float32)}}, state, params)
+    g = g * min(1.0, 1.0 / np.linalg.norm(g))  # the first is clipped, the second is not
+    m, v = 0.9 * m + 0.1 * g, 0.95 * v + 0.05 * g * g
+    want = -0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.95 ** t)) + 1e-8)
+    np.testing.assert_allclose(np.asarray(updates["w"]["kernel"]), want, rtol=1e-5)

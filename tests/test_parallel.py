@@ -172,6 +172,7 @@ def report(fmnist_available):
   return eight_device_report(__file__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_mesh_matches_one_device(report, mesh_shape):
   want, got = report["1"], report["x".join(map(str, mesh_shape))]

@@ -12,6 +12,7 @@ from conftest import REPO, TINY_FLAGS, load_config, run_cli, tiny_overrides
 from conftest import training_rows as read_metrics
 
 
+@pytest.mark.slow
 def test_loss_falls_and_workdir_is_complete(tmp_path, fmnist_available):
   from mae_jax.train import pretrain
   config = tiny_overrides(load_config("pretrain_fmnist"), steps=40, batch=64)
@@ -39,6 +40,7 @@ def _constant_lr(config):
   return config
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_trajectory(tmp_path, fmnist_available):
   from mae_jax.train import pretrain
   full = _constant_lr(tiny_overrides(load_config("pretrain_fmnist"), steps=10))
@@ -54,6 +56,7 @@ def test_resume_reproduces_uninterrupted_trajectory(tmp_path, fmnist_available):
                                 [r["grad_norm"] for r in want])
 
 
+@pytest.mark.slow
 def test_cli_resume_60_then_80_and_visualize(tmp_path, fmnist_available):
   workdir = str(tmp_path / "w")
   base = ["pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={workdir}",
@@ -70,6 +73,7 @@ def test_cli_resume_60_then_80_and_visualize(tmp_path, fmnist_available):
   assert image.size[0] > image.size[1] / 3 * 4 * 0.9  # 4 columns, 3 rows
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path, fmnist_available):
   workdir = str(tmp_path / "w")
   env = dict(os.environ, PYTHONUNBUFFERED="1")

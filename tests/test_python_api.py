@@ -93,6 +93,7 @@ def _random_variables(model, config, seed):
   return {k: nn.unbox(v) for k, v in variables.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mae", "finetune", "linprobe"])
 def test_video_workdirs_load_and_run(kind, tmp_path):
   """Video MAE and video classifier workdirs (scanned blocks for the fine-tuning one)

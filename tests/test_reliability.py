@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO, TINY_FLAGS, run_cli
 
 
@@ -28,6 +30,7 @@ def _wait_for_metrics(proc, workdir):
     time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, fmnist_available):
   workdir = str(tmp_path / "w")
   proc = _start(workdir)
@@ -84,6 +87,7 @@ def test_config_file_problems_are_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_ctrl_c_reports_the_step_it_saved(tmp_path, fmnist_available):
   """In process: the step a Ctrl-C'd run returns (the CLI prints it: "interrupted at
   step N") is the step of its checkpoint and of its last metrics row."""

@@ -44,6 +44,7 @@ def assert_trees_close(got, want):
 # ----------------------------------------------------------------- the adapter
 
 
+@pytest.mark.slow
 def test_per_block_and_stacked_invert_each_other():
   params = jax.tree.map(np.asarray, mae_params())
   stacked = stacking.stacked(params)
@@ -76,6 +77,7 @@ def test_scanned_init_has_stacked_logical_axes():
 # ----------------------------------------------------------------- same numbers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_mae_scanned_loss_and_gradients_equal_unscanned(remat):
   x = images()

@@ -127,6 +127,7 @@ def test_video_config_errors_say_what_to_change():
     registry.build_mae(config)
 
 
+@pytest.mark.slow
 def test_pretrain_moving_fmnist_end_to_end_and_resume(tmp_path, fmnist_available):
   """A short video pretraining: loss falls, reconstruction strips, the probe's three
   numbers, and a resumed run equals an uninterrupted one."""

@@ -80,6 +80,7 @@ def abstract_params(model, config):
 # ----------------------------------------------------------------- loading the encoder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["pretrained", "sinusoid_1d_cls_token"])
 def test_classifier_from_video_mae_has_its_encoder(tmp_path, request, layout):
   """Loaded, the classifier's encoder params are the MAE's leaf by leaf, its table the
@@ -262,6 +263,7 @@ def test_eval_batches_pad_the_last_partial_batch_of_clips(fmnist_available):
 # ----------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_video_pretrain_linprobe_finetune_evaluate(tmp_path, video_mae):
   """After the two video pretraining steps of ``video_mae``: three probe steps, three
   fine-tuning steps (mixup, cutmix and erasing on), then ``evaluate`` on the

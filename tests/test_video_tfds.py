@@ -174,6 +174,7 @@ def test_errors_name_what_to_change(video_dir, tmp_path):
     pipeline.open_checked(config.data, "train")
 
 
+@pytest.mark.slow
 def test_pretrain_two_steps_from_the_tfds_videos_cli_and_bad_key(video_dir, tmp_path):
   """`mae-jax pretrain` on the TFDS clips: two finite steps, a checkpoint and the
   reconstruction strip; a wrong video key is one error line."""
@@ -201,6 +202,7 @@ def test_pretrain_two_steps_from_the_tfds_videos_cli_and_bad_key(video_dir, tmp_
   assert len(lines) == 1 and "video_key='vid'" in lines[0], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_kinetics_config_recipe_and_runlocal(tmp_path, fmnist_available):
   """configs/pretrain_video_kinetics.py: MAE-ST's recipe, and its runlocal switch
   trains two steps on moving Fashion-MNIST with repeated sampling."""

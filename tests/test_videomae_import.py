@@ -148,6 +148,7 @@ def test_bad_inputs_give_one_error_line(imported, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_pretraining_continues_from_an_imported_workdir(tmp_path, fmnist_available):
   save_random_videomae(tmp_path / "hf", hf_config(channels=1))
   run_cli("import", f"--in={tmp_path / 'hf'}", "--format=videomae",

@@ -43,7 +43,28 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped); a clear error for truncated data."""
+  """Reads an IDX file (optionally gzipped); a clear error for truncated data.
+
+  A local file's decoded array (read-only) is kept for the process, keyed by its path,
+  size and modification time: every task and evaluator of a run, and every run of a
+  process, opens the same Fashion-MNIST files (gunzip: ~0.4 s each time)."""
+  if "://" not in path:
+    try:
+      st = os.stat(path)
+    except OSError:
+      pass
+    else:
+      return _read_local_idx(path, st.st_size, st.st_mtime_ns)
+  return _decode_idx(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_local_idx(path: str, size: int, mtime_ns: int) -> np.ndarray:
+  del size, mtime_ns  # the cache key: a changed file is read again
+  return _decode_idx(path)
+
+
+def _decode_idx(path: str) -> np.ndarray:
   try:
     data = fileio.read_bytes(path)
     if path.endswith(".gz"):
