@@ -9,6 +9,7 @@ tests and restores the file. The real working tree is never touched.
 
     python tests/mutations.py [--rev REV] [--only NAME,...] [--out FILE.json]
                               [--markdown FILE.md] [--before FILE.json]
+                              [--before-label TEXT]
                               [--allow-missing-tests] [--list]
 
 The snippet is searched in every ``mae_jax/**/*.py`` of the copy and must occur
@@ -450,6 +451,9 @@ def main(argv=None) -> int:
   parser.add_argument("--markdown", help="write the results as a Markdown table here")
   parser.add_argument("--before", help="JSON of an earlier run: adds a 'caught before' "
                       "column to the Markdown table")
+  parser.add_argument("--before-label", default="",
+                      help="what the earlier run was, for the column's title (e.g. its "
+                      "revision)")
   parser.add_argument("--allow-missing-tests", action="store_true",
                       help="report a mutation whose tests this revision lacks as n/a "
                       "instead of stopping (for a revision older than a test)")
@@ -516,7 +520,7 @@ def main(argv=None) -> int:
       f.write("\n")
   if args.markdown:
     before = None
-    label = ""
+    label = args.before_label
     if args.before:
       with open(args.before) as f:
         before = {r["name"]: r for r in json.load(f)}

@@ -1,19 +1,11 @@
 """PyTorch interop: our parameters <-> the official MAE, timm and Hugging Face layouts.
 
-In memory (NumPy only; no torch needed)::
-
-    sd = to_torch_state_dict(params, config, "official")        # {name: np.ndarray}
-    imported = from_torch_state_dict(sd, "official")            # .params, .config
-
-Files::
-
-    save(params, config, "official", "F.pth")       # F.pth + F.json
-    imported = import_file("F.pth", "official")     # then checkpoint.write_workdir
-
-This package only re-exports: the MAE's conversions live in ``mae_jax.export.mae``,
-the classifier's in ``mae_jax.export.classifier``, the name map in
-``mae_jax.export.names``, and one module per format (``official``, ``timm``,
-``hf``, ``videomae``) reads and writes its files.
+This package only re-exports: the MAE's conversions (``to_torch_state_dict``,
+``from_torch_state_dict``, ``save``, ``import_file``; their use is in that module's
+docstring) live in ``mae_jax.export.mae``, the classifier's in
+``mae_jax.export.classifier``, the name map in ``mae_jax.export.names``, and one
+module per format (``official``, ``timm``, ``hf``, ``videomae``) reads and writes
+its files.
 """
 from mae_jax.export.mae import (FORMATS, Imported, default_num_heads, from_torch_state_dict,
                                 import_file, load_file, save, to_torch_state_dict,
