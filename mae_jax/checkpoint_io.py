@@ -1,7 +1,8 @@
 """Checkpoint I/O (Orbax): one manager per workdir, storage errors, reading parts.
 
 ``Checkpointer`` keeps ``W/checkpoints/<step>`` with the items of a run (the state, the
-data-iterator state, the config): async saves every ``checkpoint.every_steps`` and on
+data-iterator state, the config, and the recovery state of a run that recovered from
+a non-finite step): async saves every ``checkpoint.every_steps`` and on
 demand (end of run, preemption), the last ``checkpoint.keep`` kept. Orbax writes to a
 temporary directory and renames it when complete, so a crash mid-save never damages
 the last good checkpoint. Every saved leaf is a global ``jax.Array`` or a scalar;
@@ -38,6 +39,8 @@ from etils import epath
 from mae_jax import fileio, stacking
 from mae_jax.errors import CheckpointError, StorageError, os_error_message
 from mae_jax.workdir import CHECKPOINT_DIR, CONFIG_FILE
+
+RECOVERY_ITEM = "recovery"  # a run's recovery state (train/recovery.py), when it has one
 
 
 def _grain_handler():
@@ -91,7 +94,8 @@ class Checkpointer:
         enable_async_checkpointing=bool(async_save), create=True,
         cleanup_tmp_directories=True)  # what an interrupted save left behind
     handlers = {"state": ocp.StandardCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+                "config": ocp.JsonCheckpointHandler(),
+                RECOVERY_ITEM: ocp.JsonCheckpointHandler()}
     try:  # registered even when unused, so reading a checkpoint's other items is quiet
       handlers["data"] = _grain_handler()
     except ImportError:
@@ -111,9 +115,14 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, config_dict: dict, data_iterator=None,
-           force: bool = False, metrics: dict | None = None) -> bool:
+           force: bool = False, metrics: dict | None = None,
+           recovery: dict | None = None) -> bool:
+    """``recovery``: the run's recovery state (``optim.on_nonfinite=recover``), saved
+    beside the state when there is one."""
     items = {"state": ocp.args.StandardSave(state),
              "config": ocp.args.JsonSave(config_dict)}
+    if recovery:
+      items[RECOVERY_ITEM] = ocp.args.JsonSave(recovery)
     if data_iterator is not None and self.with_data:
       import grain
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -183,6 +192,19 @@ class Checkpointer:
                    "(model.scan_layers)", step)
       return convert_layout(restored["state"], abstract_state)
     return restored["state"]
+
+  def read_recovery(self, step: int) -> dict | None:
+    """The recovery state saved with ``step``, or None (a checkpoint without one)."""
+    if not (self.directory / str(step) / RECOVERY_ITEM).exists():
+      return None
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(**{RECOVERY_ITEM: ocp.args.JsonRestore()}))
+    except Exception as e:
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)}); its "
+          f"files are truncated or damaged. {self._without(step)}") from None
+    return dict(restored[RECOVERY_ITEM])
 
   def _without(self, step: int) -> str:
     others = [s for s in self.all_steps() if s != step]

@@ -98,6 +98,13 @@ def profile_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(start_step=0, num_steps=3))
 
 
+def nonfinite_defaults() -> dict:
+  """``optim.on_nonfinite`` (``stop`` | ``recover``) and ``optim.recover.*``: what a run
+  does at a non-finite step (``mae_jax.train.recovery``)."""
+  return dict(on_nonfinite="stop", recover=dict(skip_batches=0, lr_factor=1.0,
+                                                cooldown_steps=0, max_events=3))
+
+
 def monitor_defaults() -> ml_collections.ConfigDict:
   """The k-NN representation monitor of pretraining (``evaluators.KnnMonitor``).
 
@@ -145,7 +152,8 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.num_epochs = 800
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=1.5e-4, min_lr=0.0, warmup_epochs=40, warmup_steps=0, weight_decay=0.05,
-      b1=0.9, b2=0.95, clip_grad_norm=0.0, grad_accum_steps=1, moments_dtype="float32"))
+      b1=0.9, b2=0.95, clip_grad_norm=0.0, grad_accum_steps=1, moments_dtype="float32",
+      **nonfinite_defaults()))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   c.log_every_steps = 50
@@ -153,6 +161,7 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.num_recon_images = 8
   c.seed = 0
   c.device_memory_gib = 0.0    # > 0: the memory check's device size (0: detected)
+  c.compile_cache_dir = "auto"  # JAX's persistent compilation cache (mae_jax.compile_cache)
   c.probe = ml_collections.ConfigDict(dict(enabled=False, max_train=60000, max_test=10000,
                                            steps=300, lr=0.1, weight_decay=1e-4,
                                            features="mean"))  # mean, cls or patches
@@ -193,7 +202,8 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.num_epochs = 100
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=5e-4, min_lr=1e-6, warmup_epochs=5, warmup_steps=0, weight_decay=0.05,
-      b1=0.9, b2=0.999, layer_decay=0.65, clip_grad_norm=0.0, grad_accum_steps=1))
+      b1=0.9, b2=0.999, layer_decay=0.65, clip_grad_norm=0.0, grad_accum_steps=1,
+      **nonfinite_defaults()))
   c.ema = ml_collections.ConfigDict(dict(enabled=False, decay=0.9999))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
@@ -201,6 +211,7 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.eval_every_steps = 0         # 0: once per epoch, -1: only at the end (always at the end)
   c.seed = 0
   c.device_memory_gib = 0.0      # > 0: the memory check's device size (0: detected)
+  c.compile_cache_dir = "auto"    # JAX's persistent compilation cache (mae_jax.compile_cache)
   c.profile = profile_defaults()
   return c
 
@@ -219,7 +230,7 @@ def linprobe_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
   c.num_epochs = 90
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=0.1, min_lr=0.0, warmup_epochs=10, warmup_steps=0, weight_decay=0.0,
-      momentum=0.9, trust_coefficient=0.001, grad_accum_steps=1))
+      momentum=0.9, trust_coefficient=0.001, grad_accum_steps=1, **nonfinite_defaults()))
   del c.ema
   return c
 

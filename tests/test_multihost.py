@@ -24,6 +24,7 @@ RTOL = 2e-3
 PEAK_LR = 1.5e-3 * 32 / 256  # configs/pretrain_fmnist.py base_lr at batch 32
 # A constant learning rate: runs of different lengths follow one trajectory.
 CONSTANT_LR = ["--config.optim.warmup_steps=0", f"--config.optim.min_lr={PEAK_LR}"]
+RECOVER = "--config.optim.on_nonfinite=recover"
 
 
 def _pretrain(workdir, steps, *extra):
@@ -45,24 +46,34 @@ def _launch(n, devices, args, tmp_path, timeout=300):
   return proc
 
 
-def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, fmnist_available):
+def test_two_processes_train_resume_and_hand_over_to_one(tmp_path, monkeypatch,
+                                                        fmnist_available):
+  """Also a non-finite step (injected at step 6) that every run recovers from
+  (``optim.on_nonfinite=recover``): both processes go back to the checkpoint of step 4
+  together, and the 1-process run that continues after them keeps their recovery."""
+  from mae_jax.train.recovery import FAULT_ENV
+  monkeypatch.setenv(FAULT_ENV, "6")
   eight = {"XLA_FLAGS": f"{FAST_XLA} --xla_force_host_platform_device_count=8"}
   ref, multi = tmp_path / "one_process", tmp_path / "two_processes"
-  run_cli(*_pretrain(ref, 10), env=eight, check=True)
+  run_cli(*_pretrain(ref, 10, RECOVER), env=eight, check=True)
   want = training_rows(ref)
   mesh = ["--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.mesh.model=1"]
 
-  _launch(2, 4, _pretrain(multi, 4, *mesh), tmp_path)
+  _launch(2, 4, _pretrain(multi, 4, RECOVER, *mesh), tmp_path)
   data = sorted(os.listdir(multi / "checkpoints" / "4" / "data"))
   assert [f for f in data if f.endswith(".json")] == ["process_0-of-2.json",
                                                      "process_1-of-2.json"]
-  proc = _launch(2, 4, _pretrain(multi, 8, *mesh), tmp_path)  # per-process resume
+  proc = _launch(2, 4, _pretrain(multi, 8, RECOVER, *mesh), tmp_path)  # per-process resume
   assert "resumed from step 4" in proc.stdout
-  proc = run_cli(*_pretrain(multi, 10), env=eight, check=True)  # 1 process continues
+  proc = run_cli(*_pretrain(multi, 10, RECOVER), env=eight, check=True)  # 1 process on
   assert "resumed from step 8" in proc.stdout
 
   got = training_rows(multi)
   assert [r["step"] for r in got] == list(range(1, 11))  # process 0 alone wrote them
+  for workdir in (ref, multi):
+    with open(workdir / "metrics.jsonl") as f:
+      events = [r for r in map(json.loads, f) if "event" in r]
+    assert [(e["step"], e["restored_step"]) for e in events] == [(6, 4)], events
   np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=RTOL)
   np.testing.assert_allclose([r["grad_norm"] for r in got], [r["grad_norm"] for r in want],
                              rtol=RTOL)

@@ -323,7 +323,8 @@ class ClassifierTask:
       shardings["erase"] = sharding_lib.batch_sharding(mesh, 2)
     return shardings
 
-  def build(self, mesh, schedule, lr_fn, abstract: bool = False) -> Built:
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False,
+            step_seed: int | None = None) -> Built:
     c = self.config
     tx, opt_init = optimizer(c, schedule)
     state, shardings = create_state(self.model, opt_init, mesh, registry.input_shape(c),
@@ -331,7 +332,8 @@ class ClassifierTask:
     pixel_stats = pipeline.normalization(c.data, dataset_required=not abstract)
     if self.finetune:
       aug = c.data.augment
-      fn = finetune_step_fn(self.model, tx, lr_fn, c.seed, self.ema_decay, c.num_classes,
+      fn = finetune_step_fn(self.model, tx, lr_fn, c.seed if step_seed is None else step_seed,
+                            self.ema_decay, c.num_classes,
                             float(aug.label_smoothing), pixel_stats,
                             aug.remode if aug.reprob > 0 else None)
     else:

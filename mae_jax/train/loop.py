@@ -14,12 +14,16 @@ shapes, from which the memory check and ``--dry_run`` compile the step with
 Every task thus gets the same process-count-independent global batch, the same
 non-finite policy (each step's loss, gradient norm and parameter norm are checked, one step late
 to keep the device busy, and always before a checkpoint is written: a checkpoint
-never holds a non-finite step), the same periodic decisions (``itstime``), and the
-same resume rule: re-running on a workdir continues from its latest checkpoint
-exactly (state, data-iterator position and per-step RNG).
+never holds a non-finite step; ``optim.on_nonfinite=recover`` goes back to the last
+good one instead, ``mae_jax.train.recovery``), the same periodic decisions
+(``itstime``), the same resume rule: re-running on a workdir continues from its
+latest checkpoint exactly (state, data-iterator position, per-step RNG and the
+recoveries made), the same persistent compilation cache (``mae_jax.compile_cache``)
+and the same account of where the wall time went (``metrics.TimeBreakdown``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from mae_jax import checkpoint_io, config_lib, fileio
+from mae_jax import checkpoint_io, compile_cache, config_lib, fileio
 from mae_jax import workdir as workdir_lib
 from mae_jax.data import pipeline
 from mae_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -36,9 +40,13 @@ from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import metrics as metrics_lib
 from mae_jax.train import optim
+from mae_jax.train import recovery as recovery_lib
 from mae_jax.train.evaluators import EvalLog
 from mae_jax.train.preemption import Preemption
 from mae_jax.train.tasks import Built, Evaluator, Task
+
+
+INPUT_WAIT_SHOWN = 0.1  # the progress line shows the input-wait fraction above this
 
 
 def itstime(step: int, every: int, total: int, end: bool = True) -> bool:
@@ -76,6 +84,11 @@ def validate(config) -> None:
   if config.checkpoint.every_steps <= 0:
     raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be "
                       "positive.")
+  recovery_lib.validate(config.optim)
+  cache = config.get("compile_cache_dir", compile_cache.AUTO)
+  if not isinstance(cache, str):
+    raise ConfigError(f"compile_cache_dir={cache!r} must be a folder (local or gs://), "
+                      f"'{compile_cache.AUTO}' or '' (no cache).")
 
 
 def global_array(sharding, local, global_shape):
@@ -95,6 +108,7 @@ def dry_run(config, task: Task) -> dict:
   with nothing allocated, no data read and no workdir written; returns the memory
   report (``mae_jax.parallel.memory.report``) plus the run's layout."""
   validate(config)
+  compile_cache.configure(config.get("compile_cache_dir", compile_cache.AUTO))
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch(config.batch_size, mesh)
   constant = lambda count: 0.0  # the state's structure and the step's memory need no schedule
@@ -117,12 +131,14 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
   and leaves its config and checkpoints as they are.
   """
   # ------------------------------------------------------------------ setup
+  clock = metrics_lib.TimeBreakdown()
   validate(config)
+  compile_cache.configure(config.get("compile_cache_dir", compile_cache.AUTO))
   is_primary = jax.process_index() == 0
   num_steps, per_epoch = total_steps(config)
-  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, num_steps,
-                                          per_epoch)
-  lr_fn = optim.applied_lr(schedule, config.optim)
+  base_schedule = optim.learning_rate_schedule(config.optim, config.batch_size, num_steps,
+                                               per_epoch)
+  recovery = recovery_lib.Recovery(config.optim, optim.accumulation_steps(config.optim))
 
   # ------------------------------------------------------------------ mesh
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -147,17 +163,25 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
                                         seed=config.seed, rows=rows,
                                         transform=task.record_transform)
 
+    ckpt = checkpoint_io.Checkpointer(workdir, config.checkpoint.every_steps,
+                                      config.checkpoint.keep, config.checkpoint.async_save,
+                                      keep_best=task.keep_best)
+    restored = ckpt.latest_step() is not None
+    if restored and train:  # the recoveries a resumed run made (their seed, lr, drops)
+      recovery.load(ckpt.read_recovery(ckpt.latest_step()))
+
     # ---------------------------------------------------------------- model + optimizer
-    built = task.build(mesh, schedule, lr_fn)
+    def build() -> Built:
+      schedule = recovery.schedule(base_schedule)
+      return task.build(mesh, schedule, optim.applied_lr(schedule, config.optim),
+                        step_seed=recovery.step_seed(config.seed))
+
+    built = build()
     state, train_step = built.state, built.train_step
     logging.info("%s: %s parameters", task.name,
                  f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
     # ---------------------------------------------------------------- restore or initialise
-    ckpt = checkpoint_io.Checkpointer(workdir, config.checkpoint.every_steps,
-                                      config.checkpoint.keep, config.checkpoint.async_save,
-                                      keep_best=task.keep_best)
-    restored = ckpt.latest_step() is not None
     state, start_step = ckpt.restore_latest(state, data_iter)
     if not train:
       if not restored:
@@ -170,7 +194,8 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
     if train and start_step < num_steps:
       # the step's compilation, done now (the first step reuses it) to stop with one
       # line when it clearly cannot fit, before the workdir is written
-      memory = memory_report(config, task, built, state)
+      with clock.part("compile"):
+        memory = memory_report(config, task, built, state)
       logging.info("%s: train step needs ~%.2f GiB per device (XLA estimate)%s", task.name,
                    (memory["peak_bytes_per_device"] or 0) / memory_lib.GIB,
                    "" if memory["fits"] is None else
@@ -193,13 +218,46 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
     def check_finite(step: int, host: dict) -> None:
       if not all(np.isfinite(v) for v in host.values()):
         ckpt.wait()
-        raise NonFiniteLossError(
-            f"non-finite loss/gradient at step {step} ({host}); last good checkpoint: "
-            f"{last_good()}. Lower optim.base_lr, set optim.clip_grad_norm (e.g. 1.0), or "
-            "use float32 (model.dtype).")
+        made = (f" ({len(recovery.events)} recoveries made, optim.recover.max_events="
+                f"{recovery.max_events})" if recovery.enabled else "")
+        error = NonFiniteLossError(
+            f"non-finite loss/gradient at step {step} ({host}){made}; last good checkpoint: "
+            f"{last_good()}. Lower optim.base_lr, set optim.clip_grad_norm (e.g. 1.0), "
+            "use float32 (model.dtype), or let the run go back and skip the batch "
+            "(optim.on_nonfinite=recover).")
+        error.step, error.cause = step, recovery_lib.nonfinite_cause(host)
+        raise error
+
+    def go_back(error: NonFiniteLossError) -> int:
+      """``optim.on_nonfinite=recover``: the state and the data position of the last good
+      checkpoint, and a step with new randomness (``train/recovery.py``)."""
+      nonlocal built, train_step, state
+      good = ckpt.latest_step()
+      if good is None:
+        raise error
+      event = recovery.record(error.step, good, error.cause)
+      state = None  # (the new step's initial state takes its place)
+      built = build()
+      train_step = built.train_step
+      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                             sharding=a.sharding), built.state)
+      built = dataclasses.replace(built, state=None)
+      state = ckpt.restore(good, abstract, data_iter)
+      writer.rewind(good)
+      writer.event(error.step, {"event": "recovered", **{k: event[k] for k in (
+          "cause", "restored_step", "batches_dropped")}, "recoveries": len(recovery.events)})
+      logging.warning(
+          "non-finite %s at step %d: back to the checkpoint of step %d, %d batch(es) "
+          "dropped, new randomness%s (recovery %d of at most %d)", event["cause"],
+          error.step, good, event["batches_dropped"],
+          f", lr x{recovery.lr_factor:g} for {recovery.cooldown_steps} steps"
+          if recovery.lr_factor != 1 and recovery.cooldown_steps else "",
+          len(recovery.events), recovery.max_events)
+      return good
 
     def evaluate(step: int, evaluator: Evaluator) -> dict:
-      result = evaluator.run(state, step)
+      with clock.part("eval"):
+        result = evaluator.run(state, step)
       logged = evaluator.scalars(result)
       if logged:
         writer.scalars(step, logged)
@@ -207,11 +265,15 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
       return result
 
     def save(step: int, metrics, best: dict | None) -> None:
-      check_finite(step, _host(metrics))
-      writer.flush()  # every row up to a checkpoint is kept (a remote file is rewritten)
-      ckpt.save(step, state, config_dict, data_iter, force=True, metrics=best)
+      with clock.part("step"):  # the wait for this step's results
+        check_finite(step, _host(metrics))
+      with clock.part("checkpoint"):
+        writer.flush()  # every row up to a checkpoint is kept (a remote file is rewritten)
+        ckpt.save(step, state, config_dict, data_iter, force=True, metrics=best,
+                  recovery=recovery.state())
+        if best:
+          ckpt.wait()
       if best:  # name the kept checkpoint of the best evaluation (ties: the earliest)
-        ckpt.wait()
         kept = ckpt.all_steps()
         best_step = eval_log.data.get("best_step")
         best_step = best_step if best_step in kept else ckpt.best_step()
@@ -225,45 +287,72 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
     pending = None  # (step, device metrics) checked one step late
     evaluated_at = {}
     t_log, images_since_log = time.time(), 0
+    first = True  # the next step is the first of this step function (it compiles)
+    clock.end_setup()
     with Preemption(start_step) as preemption:
       while step < num_steps:
-        batch = task.device_batch(next(data_iter), step, built.batch_shardings)
-        profile.before_step(step)
-        state, metrics = train_step(state, batch)
-        if pending is not None:
-          check_finite(pending[0], _host(pending[1]))
-        step += 1
-        profile.after_step(step, state)
-        pending = (step, metrics)
-        images_since_log += config.batch_size
+        try:
+          with clock.part("input_wait"):
+            for _ in range(recovery.batches_to_drop(step)):
+              next(data_iter)
+            batch = task.device_batch(next(data_iter), step, built.batch_shardings)
+          profile.before_step(step)
+          with clock.part("compile" if first else "step"):
+            state, metrics = train_step(state, batch)
+            metrics = recovery.inject(step + 1, metrics)
+            if first:  # the compilation, if the memory check's was not reused
+              jax.block_until_ready(metrics)
+            if pending is not None:
+              check_finite(pending[0], _host(pending[1]))
+          first = False
+          step += 1
+          profile.after_step(step, state)
+          pending = (step, metrics)
+          images_since_log += config.batch_size
 
-        if itstime(step, config.log_every_steps, num_steps):
-          host = _host(metrics)
-          check_finite(step, host)
-          now = time.time()
-          host["img_per_s"] = images_since_log / max(now - t_log, 1e-9)
-          t_log, images_since_log = now, 0
-          writer.scalars(step, host)
-          progress.update(step, {k: host[k] for k in ("loss", "lr", "img_per_s")})
+          if itstime(step, config.log_every_steps, num_steps):
+            with clock.part("step"):
+              host = _host(metrics)
+            check_finite(step, host)
+            now = time.time()
+            host["img_per_s"] = images_since_log / max(now - t_log, 1e-9)
+            t_log, images_since_log = now, 0
+            with clock.part("log"):
+              times = clock.row()
+              writer.scalars(step, {**host, **times})
+              shown = {k: host[k] for k in ("loss", "lr", "img_per_s")}
+              waited = times["time/input_wait"] / max(sum(times.values()), 1e-9)
+              if waited > INPUT_WAIT_SHOWN:  # the input pipeline holds the run back
+                shown["input_wait"] = waited
+              progress.update(step, shown)
 
-        best = None
-        for evaluator in evaluators:
-          if evaluator.every and itstime(step, evaluator.every, num_steps):
-            result = evaluate(step, evaluator)
-            evaluated_at[evaluator.name] = step
-            if task.keep_best in result:
-              best = {task.keep_best: result[task.keep_best]}
+          best = None
+          for evaluator in evaluators:
+            if evaluator.every and itstime(step, evaluator.every, num_steps):
+              result = evaluate(step, evaluator)
+              evaluated_at[evaluator.name] = step
+              if task.keep_best in result:
+                best = {task.keep_best: result[task.keep_best]}
 
-        stop = preemption.reached(step)
-        if itstime(step, config.checkpoint.every_steps, num_steps) or stop or best:
-          save(step, metrics, best)
-        if stop:
-          logging.info("preempted at step %d; checkpoint saved. Re-run the same command "
-                       "to resume.", step)
-          return {"preempted_at": step, "signal": preemption.signal or "SIGTERM"}
+          stop = preemption.reached(step)
+          if itstime(step, config.checkpoint.every_steps, num_steps) or stop or best:
+            save(step, metrics, best)
+          if stop:
+            logging.info("preempted at step %d; checkpoint saved. Re-run the same command "
+                         "to resume.", step)
+            return {"preempted_at": step, "signal": preemption.signal or "SIGTERM",
+                    "time": clock.summary()}
+        except NonFiniteLossError as error:
+          if not (train and recovery.can_recover() and hasattr(error, "step")):
+            raise
+          with clock.part("checkpoint"):
+            step = go_back(error)
+          pending, first = None, True
     if pending is not None:
-      check_finite(pending[0], _host(pending[1]))
-    ckpt.wait()
+      with clock.part("step"):
+        check_finite(pending[0], _host(pending[1]))
+    with clock.part("checkpoint"):
+      ckpt.wait()
 
     # ---------------------------------------------------------------- final evaluation
     rerun = num_steps > start_step or not train
@@ -272,6 +361,10 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
         continue
       if rerun or not evaluator.has_result(eval_log):
         evaluate(step, evaluator)
+    summary = clock.summary()
+    logging.info("%s: %s", task.name, metrics_lib.TimeBreakdown.describe(summary))
+    eval_log.note(time=summary, **({"recoveries": len(recovery.events)}
+                                   if recovery.events else {}))
     results = {k: v for k, v in eval_log.data.items() if k != "history"}
     results["step"] = step
     return results

@@ -11,6 +11,7 @@ a local disk.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -55,12 +56,28 @@ class MetricWriter:
     self._tb = None
     self._workdir = workdir
     if enabled:
-      path = fileio.join(workdir, "metrics.jsonl")
-      kept = None
-      if resume_step is not None and fileio.exists(path):
-        kept = "".join(_rows_up_to(path, resume_step)).encode("utf-8")
-      self._jsonl = fileio.GrowingFile(path, initial=kept)
-      self._flushed = time.monotonic()
+      self._open(resume_step)
+
+  def _open(self, resume_step: int | None) -> None:
+    path = fileio.join(self._workdir, "metrics.jsonl")
+    kept = None
+    if resume_step is not None and fileio.exists(path):
+      kept = "".join(_rows_up_to(path, resume_step)).encode("utf-8")
+    self._jsonl = fileio.GrowingFile(path, initial=kept)
+    self._flushed = time.monotonic()
+
+  def rewind(self, step: int) -> None:
+    """Drops the rows past ``step`` (a run that went back to the checkpoint of
+    ``step`` computes them again), as a resumed run does."""
+    if self.enabled:
+      self._jsonl.close()
+      self._open(step)
+
+  def event(self, step: int, fields: dict) -> None:
+    """A row that is not a measurement (e.g. ``event: recovered``), kept as given."""
+    if self.enabled:
+      self._jsonl.write((json.dumps({"step": int(step), **fields}) + "\n").encode("utf-8"))
+      self.flush()
 
   def _tensorboard(self):
     if self._tb is None:
@@ -101,6 +118,71 @@ class MetricWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+TIME_PARTS = ("setup", "compile", "input_wait", "step", "checkpoint", "eval", "log")
+
+
+class TimeBreakdown:
+  """Where a run's wall time goes, in ``TIME_PARTS``:
+
+  * ``setup``: from the start of the run to its first step, but the compilation
+    (mesh, data iterator, model, restore, workdir);
+  * ``compile``: the train step's compilation (the memory check's) and the first step,
+    which waits for it;
+  * ``input_wait``: blocked on the data iterator (and making the batch's global arrays);
+  * ``step``: the train steps (dispatch and the waits for their results);
+  * ``checkpoint``: the loop blocked by saving (an async save's write is not counted);
+  * ``eval``: the evaluators;
+  * ``log``: writing the metrics rows (``metrics.jsonl``, TensorBoard) and the
+    progress line.
+
+  ``row()`` gives the seconds of each part since the previous row (``time/<part>``
+  keys of ``metrics.jsonl``; a row's own writing counts in the next); ``summary()`` the run's totals, the wall time and
+  ``goodput``, the fraction of the wall time that was training steps.
+  """
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.total = dict.fromkeys(TIME_PARTS, 0.0)
+    self._since_row = dict.fromkeys(TIME_PARTS, 0.0)
+
+  def add(self, part: str, seconds: float) -> None:
+    self.total[part] += seconds
+    self._since_row[part] += seconds
+
+  @contextlib.contextmanager
+  def part(self, name: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.add(name, time.perf_counter() - start)
+
+  def end_setup(self) -> None:
+    """Everything so far that was not compilation was setup."""
+    elapsed = time.perf_counter() - self.start
+    self.add("setup", max(0.0, elapsed - sum(self.total.values())))
+
+  def row(self) -> dict:
+    out = {f"time/{k}": round(v, 4) for k, v in self._since_row.items()}
+    self._since_row = dict.fromkeys(TIME_PARTS, 0.0)
+    return out
+
+  def summary(self) -> dict:
+    wall = time.perf_counter() - self.start
+    out = {k: round(v, 3) for k, v in self.total.items()}
+    out["wall"] = round(wall, 3)
+    out["goodput"] = round(self.total["step"] / wall, 4) if wall > 0 else 0.0
+    return out
+
+  @staticmethod
+  def describe(summary: dict) -> str:
+    wall = summary["wall"] or 1e-9
+    parts = ", ".join(f"{k.replace('_', ' ')} {100 * summary[k] / wall:.0f}%"
+                      for k in TIME_PARTS)
+    return (f"{wall:.1f} s of wall time: {parts} (goodput {summary['goodput']:.2f}: the "
+            "fraction that was training steps)")
 
 
 class Progress:

@@ -45,13 +45,15 @@ class PretrainTask:
     """The images' sharding (``device_batch`` returns the images alone)."""
     return sharding_lib.batch_sharding(mesh)
 
-  def build(self, mesh, schedule, lr_fn, abstract: bool = False) -> Built:
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False,
+            step_seed: int | None = None) -> Built:
     c = self.config
     tx = optim.adamw(c.optim, schedule)
     state, shardings = step_lib.create_train_state(self.model, tx, mesh,
                                                    registry.input_shape(c), c.seed, abstract)
     # (a dry run reads no data: the statistics' values do not change the step's memory)
-    train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn, c.seed,
+    train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn,
+                                          c.seed if step_seed is None else step_seed,
                                           pipeline.normalization(c.data,
                                                                  dataset_required=not abstract))
     return Built(state, shardings, train_step, self.batch_shardings(mesh))

@@ -55,8 +55,12 @@ class Task(Protocol):
     """The shardings of what ``device_batch`` returns (a sharding or a dict of them)."""
     ...
 
-  def build(self, mesh, schedule, lr_fn, abstract: bool = False) -> Built:
-    """The sharded train state (only its shapes when ``abstract``) and the jitted step."""
+  def build(self, mesh, schedule, lr_fn, abstract: bool = False,
+            step_seed: int | None = None) -> Built:
+    """The sharded train state (only its shapes when ``abstract``) and the jitted step,
+    whose randomness (masks, drop path, erasing) comes from ``step_seed``
+    (``config.seed`` when None; a run that recovered from a non-finite step gives
+    another)."""
     ...
 
   def initialize(self, state, mesh):
