@@ -99,7 +99,12 @@ CASES = [
          "--workdir"),
     case("pretrain/unknown-flag", (*PRETRAIN, "--workdir={new}", "--bogus=1"), "bogus"),
     case("pretrain/unknown-key", (*PRETRAIN, "--workdir={new}", "--config.model.nope=1"),
-         "unknown config key"),
+         r"unknown config key model\.nope; the config file lists its keys"),
+    case("pretrain/empty-workdir", (*PRETRAIN, "--workdir="), r"--workdir is empty"),
+    case("export/blank-out", ("export", "--workdir={good}", "--format=official", "--out=  "),
+         r"--out is empty"),
+    case("pretrain/misspelt-key", (*PRETRAIN, "--workdir={new}", "--config.model.embeddim=3"),
+         r"unknown config key model\.embeddim \(did you mean model\.embed_dim\?\)"),
     case("pretrain/wrong-type", (*PRETRAIN, "--workdir={new}", "--config.batch_size=abc"),
          "abc"),
     # ------------------------------------------------------------ config values

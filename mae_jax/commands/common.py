@@ -64,10 +64,21 @@ def config_file_problem(e: BaseException) -> str:
   return f"--config file cannot be loaded ({type(last).__name__}: {last})."
 
 
-def _unknown_key(e: BaseException):
-  text = str(e.args[0] if e.args else e).replace("\n", " ")
-  print(f"error: unknown config key {text}; `mae-jax COMMAND --help` lists the flags, "
-        "the config file lists its keys.", file=sys.stderr)
+def _unknown_key(e: BaseException, argv: list[str]):
+  """One line for a ``--config.KEY`` the config does not have: the whole dotted key as
+  given and, when ml_collections finds one, the close key it has."""
+  text = str(e.args[0] if e.args else e).replace("\\'", "'").replace("\\n", "\n")
+  name = (re.findall(r"'([^'\n]+)'", text) or [text.strip()])[0]
+  close = re.search(r'Did you mean "([^"]+)"', text)
+  given = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  key = next((g for g in given if name in g.split(".")), name)
+  hint = ""
+  if close:
+    parts = key.split(".")
+    parts[parts.index(name) if name in parts else -1] = close.group(1)
+    hint = f" (did you mean {'.'.join(parts)}?)"
+  print(f"error: unknown config key {key}{hint}; the config file lists its keys "
+        "(`mae-jax COMMAND --help` says where they are documented).", file=sys.stderr)
   sys.exit(2)
 
 
@@ -78,7 +89,9 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
   bare ``KeyError`` for a misspelt ``--config.KEY``; neither helps a user.
   """
   try:
-    return fv(argv)
+    args = fv(argv)
+    _refuse_blank_values(fv)
+    return args
   except flags.Error as e:
     if ("--config must have a value other than None" in str(e)
         and any(a.startswith("--config=") for a in argv)):
@@ -95,12 +108,25 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
       print("error: the --config file defines no get_config(arg) function; every file in "
             "configs/ shows the form.", file=sys.stderr)
       sys.exit(2)
-    raise _unknown_key(e) from None
+    raise _unknown_key(e, argv) from None
   except KeyError as e:
-    _unknown_key(e)
+    _unknown_key(e, argv)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _refuse_blank_values(fv: flags.FlagValues) -> None:
+  """Every string flag of a command names something (a path, a dataset, a split): an
+  empty or blank value given on the command line (``--workdir=``) would quietly mean
+  the current directory or nothing, so it is refused. (Config overrides,
+  ``--config.KEY=``, are config values: the config's own checks judge them.)"""
+  for name in list(fv):
+    flag = fv[name]
+    if name == flag.name and not name.startswith("config.") and flag.present and \
+        isinstance(flag.value, str) and not flag.value.strip():
+      raise UserError(f"--{name} is empty; give a value (`mae-jax COMMAND --help` "
+                      "describes it).")
 
 
 def set_verbosity(level: int) -> None:
