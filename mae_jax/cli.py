@@ -115,7 +115,10 @@ def run(argv: list[str]) -> int:
   command = argv[0]
   if command not in COMMANDS:
     print(f"{usage()}\n", file=sys.stderr)
-    print(f"error: unknown command {command!r}; the commands are "
+    import difflib
+    close = difflib.get_close_matches(command, COMMANDS, n=1)
+    print(f"error: unknown command {command!r}"
+          f"{f' (did you mean {close[0]}?)' if close else ''}; the commands are "
           f"{', '.join(COMMANDS)}.", file=sys.stderr)
     return 2
   from absl import flags

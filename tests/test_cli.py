@@ -29,8 +29,11 @@ def test_top_level_help_lists_every_command(capsys):
 def test_an_unknown_command_is_one_error_line(capsys):
   assert cli.run(["pretrian", "--workdir=w"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err[-1].startswith("error: unknown command 'pretrian'")
+  assert err[-1].startswith("error: unknown command 'pretrian' (did you mean pretrain?)")
   assert sum(line.startswith("error:") for line in err) == 1
+  assert cli.run(["xyzzy"]) == 2  # nothing close: the list alone
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+      "error: unknown command 'xyzzy'; the commands are ")
 
 
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
@@ -95,3 +98,19 @@ def test_commands_run_in_process_twice_and_beside_each_other(tmp_path, fmnist_av
   assert joined.returncode == 2 and len(errors) == 1, joined.stderr[-2000:]
   assert "needs a Python process of its own" in errors[0]
   assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("platform,argv", [
+    ("cuda", ("pretrain", "--config=configs/pretrain_fmnist.py", "--workdir={out}")),
+    ("tpu", ("finetune", "--config=configs/finetune_fmnist.py", "--workdir={out}")),
+])
+def test_a_platform_jax_cannot_start_is_one_error_line(platform, argv, tmp_path):
+  """A process of its own: JAX starts its backend once per process."""
+  out = tmp_path / "w"
+  proc = run_cli(*(a.format(out=out) for a in argv), env={"JAX_PLATFORMS": platform})
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert f"JAX could not start a backend for JAX_PLATFORMS={platform}" in errors[0]
+  assert proc.stderr.strip().splitlines()[-1] == errors[0]  # nothing after it
+  assert not out.exists()

@@ -198,9 +198,35 @@ def guarded(main):
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
       _exit_with("interrupted; the checkpoints already written are intact. Re-run the "
                  "same command to resume.", 130)
+    except (AssertionError, RuntimeError) as e:
+      problem = backend_problem(e)
+      if problem is None:
+        raise
+      _exit_with(problem, 2)
     finally:
       sys.unraisablehook = previous_hook
   return wrapper
+
+
+def backend_problem(e: BaseException) -> str | None:
+  """One line for JAX failing to start its backend (``JAX_PLATFORMS`` naming a platform
+  this machine or this JAX install does not have), wherever the command first needed
+  it; None for any other error."""
+  frames, tb = [], e.__traceback__
+  while tb is not None:
+    frames.append(tb.tb_frame.f_code.co_filename.replace(os.sep, "/"))
+    tb = tb.tb_next
+  if not frames or not frames[-1].endswith("jax/_src/xla_bridge.py"):
+    return None
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  asked = f"JAX_PLATFORMS={platforms}" if platforms else "the default platforms"
+  extra = ("tpu" if "tpu" in platforms else
+           "cuda12" if "cuda" in platforms or "gpu" in platforms else None)
+  install = f"pip install 'jax[{extra}]'" if extra else "its jax plugin"
+  return (f"JAX could not start a backend for {asked} ({detail}). Install the JAX "
+          f"support for that device ({install}), or run on the CPU with "
+          "JAX_PLATFORMS=cpu.")
 
 
 def check_output(path: str, flag: str, directory: bool) -> None:
