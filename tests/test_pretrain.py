@@ -131,7 +131,7 @@ def test_unknown_variant_and_config_key(tmp_path):
   _assert_one_line_error(proc, "unknown model size 'Q'")
   proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", f"--workdir={tmp_path}/w",
                  "--config.modle.depth=2")
-  _assert_one_line_error(proc, 'Did you mean "model"')
+  _assert_one_line_error(proc, "unknown config key modle.depth (did you mean model.depth?)")
 
 
 def test_batch_not_divisible_by_devices(tmp_path, fmnist_available):
