@@ -358,3 +358,21 @@ def test_imagenet_classifier_configs_run_locally(name, tmp_path, fmnist_availabl
   config = load_config(name, "variant=B/16,runlocal")
   result = classifier.train_and_evaluate(config, str(tmp_path))
   assert result["step"] == 2 and result["num_examples"] == 16
+
+
+def test_progress_is_a_bar_on_the_terminal_of_today_and_lines_elsewhere(monkeypatch):
+  """The stream is the stdout in effect when the run starts (not at import), and a
+  terminal gets the one-line bar."""
+  import io
+  from mae_jax.train import metrics
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+  for stream, tty in ((Terminal(), True), (io.StringIO(), False)):
+    monkeypatch.setattr("sys.stdout", stream)
+    progress = metrics.Progress(4, 0)
+    progress.update(4, {"loss": 1.5})
+    assert progress.tty is tty and progress.stream is stream
+    text = stream.getvalue()
+    assert text.startswith("\r[" if tty else "step 4/4 loss=1.5") and text.endswith("\n")

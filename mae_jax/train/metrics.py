@@ -138,8 +138,9 @@ class TimeBreakdown:
     progress line.
 
   ``row()`` gives the seconds of each part since the previous row (``time/<part>``
-  keys of ``metrics.jsonl``; a row's own writing counts in the next); ``summary()`` the run's totals, the wall time and
-  ``goodput``, the fraction of the wall time that was training steps.
+  keys of ``metrics.jsonl``; a row's own writing counts in the next); ``summary()``
+  the run's totals, the wall time and ``goodput``, the fraction of the wall time that
+  was training steps.
   """
 
   def __init__(self):
@@ -194,7 +195,7 @@ class Progress:
     self.start = start_step
     self.enabled = enabled
     self.stream = sys.stdout if stream is None else stream  # today's, not import time's
-    self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+    self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
     self.t0 = time.time()
 
   def update(self, step: int, metrics: dict) -> None:
