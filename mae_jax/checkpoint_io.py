@@ -262,9 +262,7 @@ class Checkpointer:
     step = self.latest_step()
     if step is None:  # (a checkpoint at step 0 -- an imported workdir -- is restored)
       return state, 0
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                           sharding=a.sharding), state)
-    state = self.restore(step, abstract, data_iterator)
+    state = self.restore(step, abstract_of(state), data_iterator)
     logging.info("resumed from step %d in %s", step, self.directory)
     return state, step
 
@@ -276,6 +274,12 @@ class Checkpointer:
     with self._writing(None):
       self.manager.wait_until_finished()
     self.manager.close()
+
+
+def abstract_of(state):
+  """``state``'s shapes, dtypes and shardings (what ``Checkpointer.restore`` reads into)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                      state)
 
 
 def convert_layout(state, abstract_state):

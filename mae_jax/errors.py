@@ -29,7 +29,12 @@ class CheckpointError(UserError):
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-  """Training produced a NaN/Inf loss or gradient norm."""
+  """Training produced a NaN/Inf loss or gradient norm: at ``step``, in ``cause`` (the
+  measured values that were not finite)."""
+
+  def __init__(self, message: str, step: int | None = None, cause: str = ""):
+    super().__init__(message)
+    self.step, self.cause = step, cause
 
 
 class StorageError(UserError):

@@ -220,13 +220,12 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
         ckpt.wait()
         made = (f" ({len(recovery.events)} recoveries made, optim.recover.max_events="
                 f"{recovery.max_events})" if recovery.enabled else "")
-        error = NonFiniteLossError(
+        raise NonFiniteLossError(
             f"non-finite loss/gradient at step {step} ({host}){made}; last good checkpoint: "
             f"{last_good()}. Lower optim.base_lr, set optim.clip_grad_norm (e.g. 1.0), "
             "use float32 (model.dtype), or let the run go back and skip the batch "
-            "(optim.on_nonfinite=recover).")
-        error.step, error.cause = step, recovery_lib.nonfinite_cause(host)
-        raise error
+            "(optim.on_nonfinite=recover).", step=step,
+            cause=recovery_lib.nonfinite_cause(host))
 
     def go_back(error: NonFiniteLossError) -> int:
       """``optim.on_nonfinite=recover``: the state and the data position of the last good
@@ -239,9 +238,8 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
       state = None  # (the new step's initial state takes its place)
       built = build()
       train_step = built.train_step
-      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                             sharding=a.sharding), built.state)
-      built = dataclasses.replace(built, state=None)
+      abstract = checkpoint_io.abstract_of(built.state)
+      built = dataclasses.replace(built, state=None)  # (freed before the restore)
       state = ckpt.restore(good, abstract, data_iter)
       writer.rewind(good)
       writer.event(error.step, {"event": "recovered", **{k: event[k] for k in (
@@ -343,7 +341,7 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
             return {"preempted_at": step, "signal": preemption.signal or "SIGTERM",
                     "time": clock.summary()}
         except NonFiniteLossError as error:
-          if not (train and recovery.can_recover() and hasattr(error, "step")):
+          if not (train and recovery.can_recover() and error.step is not None):
             raise
           with clock.part("checkpoint"):
             step = go_back(error)

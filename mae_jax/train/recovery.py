@@ -72,7 +72,7 @@ class Recovery:
   """The recovery policy of a run and its state (the events so far)."""
 
   def __init__(self, optim_config, accumulation: int = 1):
-    validate(optim_config)
+    """``optim_config`` as ``validate`` accepts it (the loop checks it first)."""
     self.enabled = optim_config.get("on_nonfinite", "stop") == "recover"
     rc = {**defaults(), **dict(optim_config.get("recover", None) or {})}
     self.skip_batches = int(rc["skip_batches"])
