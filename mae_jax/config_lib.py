@@ -22,14 +22,29 @@ def parse_arg(arg: str | None, **defaults):
     key = key.strip()
     if key not in defaults:
       raise ConfigError(f"unknown config argument {key!r}; known: {', '.join(defaults)}.")
-    default = defaults[key]
-    if not eq:
-      out[key] = True
-    elif isinstance(default, bool):
-      out[key] = value.lower() in ("1", "true", "yes", "on")
-    else:
-      out[key] = type(default)(value) if default is not None else value
+    out[key] = _arg_value(key, value if eq else None, defaults[key])
   return ml_collections.ConfigDict(out)
+
+
+_ARG_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _arg_value(key: str, value: str | None, default):
+  """The value of ``key=value`` in a config argument, of the default's type (a bare
+  ``key`` is True)."""
+  if value is None or isinstance(default, bool):
+    words = ("1", "true", "yes", "on", "0", "false", "no", "off")
+    if value is not None and value.lower() not in words:
+      raise ConfigError(f"config argument {key}={value!r} must be true or false.")
+    return value is None or value.lower() in words[:4]
+  if default is None:
+    return value
+  try:
+    return type(default)(value.strip())
+  except ValueError:
+    raise ConfigError(f"config argument {key}={value!r} must be "
+                      f"{_ARG_KINDS.get(type(default), type(default).__name__)} "
+                      f"(e.g. {key}={default}).") from None
 
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
@@ -115,26 +130,6 @@ def monitor_defaults() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(dict(every_steps=0, bank_size=10000, query_size=2000,
                                         k=20, temperature=0.07))
-
-
-def validate_monitor(monitor) -> None:
-  """ConfigError for a ``monitor`` section the k-NN monitor cannot run with."""
-  def integer(key: str, minimum: int) -> int:
-    value = monitor[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-      raise ConfigError(f"monitor.{key}={value!r} must be an integer >= {minimum}.")
-    return value
-
-  if integer("every_steps", 0) == 0:
-    return
-  k = integer("k", 1)
-  if integer("bank_size", 1) < k:
-    raise ConfigError(f"monitor.bank_size={monitor.bank_size} is smaller than "
-                      f"monitor.k={k}; the bank needs at least k images.")
-  integer("query_size", 1)
-  if not float(monitor.temperature) > 0:
-    raise ConfigError(f"monitor.temperature={monitor.temperature} must be positive "
-                      "(DINO's k-NN uses 0.07).")
 
 
 def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:

@@ -79,7 +79,7 @@ def test_commands_run_in_process_twice_and_beside_each_other(tmp_path, fmnist_av
   bad = run_cli(*base, f"--workdir={tmp_path / 'bad'}", "--config.batch_size=0")
   assert bad.returncode == 2
   assert [l for l in bad.stderr.splitlines() if l.strip()] == [
-      "error: batch_size=0 must be positive."]
+      "error: --config=configs/pretrain_fmnist.py: batch_size=0 must be an integer >= 1."]
   run_cli(*base, f"--workdir={tmp_path / 'b'}", check=True)
   seeds = [json.loads((tmp_path / w / "config.json").read_text())["seed"] for w in "ab"]
   assert seeds == [7, 0]  # the second run did not inherit the first's --config.seed

@@ -123,7 +123,7 @@ def test_bad_config_values_are_clear():
   config.data.image_size = 28
   config.model.num_heads = 3
   with pytest.raises(ConfigError, match="not divisible by model.num_heads=3"):
-    registry.build_mae(config)
+    config_schema.check(config)
   with pytest.raises(ConfigError, match="unknown model size 'Q'"):
     registry.variant_dims("Q/16")
   with pytest.raises(ConfigError, match="SIZE/PATCH"):

@@ -138,19 +138,20 @@ def test_monitor_rises_over_a_short_pretraining(tmp_path, fmnist_available):
     ("k", 0, "monitor.k=0 must be an integer >= 1"),
     ("bank_size", 10, "monitor.bank_size=10 is smaller than monitor.k=20"),
     ("query_size", 0, "monitor.query_size=0 must be an integer >= 1"),
-    ("temperature", 0.0, "monitor.temperature=0.0 must be positive"),
+    ("temperature", 0.0, "monitor.temperature=0.0 must be a number > 0"),
 ])
 def test_bad_monitor_settings_are_refused(key, value, pattern):
-  from mae_jax import config_lib
+  from mae_jax import config_schema
   from mae_jax.errors import ConfigError
-  monitor = config_lib.monitor_defaults()
-  monitor.every_steps = 10
-  monitor[key] = value
+  config = load_config("pretrain_fmnist")
+  config.monitor.every_steps = 10
+  config_schema.check(config)
+  config.monitor[key] = value
   with pytest.raises(ConfigError, match=pattern):
-    config_lib.validate_monitor(monitor)
-  monitor.every_steps = 0  # off: the other keys are not read
-  if key != "every_steps":
-    config_lib.validate_monitor(monitor)
+    config_schema.check(config)
+  if key == "bank_size":  # off: the bank is not built
+    config.monitor.every_steps = 0
+    config_schema.check(config)
 
 
 def test_bad_monitor_setting_is_one_error_line_before_any_work(tmp_path):

@@ -165,11 +165,11 @@ def test_mismatched_init_from_is_one_clear_error(tmp_path, video_mae):
     classifier.validate(bad)
   bad = classifier_config("linprobe", pool="cls")
   with pytest.raises(ConfigError, match="no cls token"):
-    classifier.build_classifier(bad)
+    classifier.validate(bad)
   bad = classifier_config("linprobe")
   bad.data.video.num_frames = 5
   with pytest.raises(ConfigError, match="tubelet_size=2"):
-    classifier.build_classifier(bad)
+    classifier.validate(bad)
 
   # through the command line: one line, no traceback
   proc = run_cli("linprobe", "--config=configs/linprobe_video_fmnist.py:num_frames=4",

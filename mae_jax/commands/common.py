@@ -66,19 +66,13 @@ def config_file_problem(e: BaseException) -> str:
 
 def _unknown_key(e: BaseException, argv: list[str]):
   """One line for a ``--config.KEY`` the config does not have: the whole dotted key as
-  given and, when ml_collections finds one, the close key it has."""
+  given and the closest key the schema declares."""
+  from mae_jax import config_schema
   text = str(e.args[0] if e.args else e).replace("\\'", "'").replace("\\n", "\n")
   name = (re.findall(r"'([^'\n]+)'", text) or [text.strip()])[0]
-  close = re.search(r'Did you mean "([^"]+)"', text)
   given = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   key = next((g for g in given if name in g.split(".")), name)
-  hint = ""
-  if close:
-    parts = key.split(".")
-    parts[parts.index(name) if name in parts else -1] = close.group(1)
-    hint = f" (did you mean {'.'.join(parts)}?)"
-  print(f"error: unknown config key {key}{hint}; the config file lists its keys "
-        "(`mae-jax COMMAND --help` says where they are documented).", file=sys.stderr)
+  print(f"error: {config_schema.unknown_key_message(key)}", file=sys.stderr)
   sys.exit(2)
 
 
@@ -93,6 +87,11 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
     _refuse_blank_values(fv)
     return args
   except flags.Error as e:
+    config_arg = next((a for a in argv if a.startswith("--config=")), None)
+    problem = _user_error_in(e)  # the file's get_config(arg) refused its argument
+    if config_arg and problem is not None:
+      print(f"error: {config_arg}: {problem}", file=sys.stderr)
+      sys.exit(2)
     if ("--config must have a value other than None" in str(e)
         and any(a.startswith("--config=") for a in argv)):
       print("error: the --config file's get_config(arg) returned None; it must return the "
@@ -114,6 +113,17 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _user_error_in(e: BaseException) -> UserError | None:
+  """The innermost ``UserError`` a wrapped exception was raised from, if any
+  (ml_collections re-raises a config file's error with its traceback in the text)."""
+  found, seen = None, 0
+  while e is not None and seen < 8:
+    if isinstance(e, UserError):
+      found = e
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return found
 
 
 def _refuse_blank_values(fv: flags.FlagValues) -> None:
@@ -336,6 +346,11 @@ class ConfigCommand:
       value.keys()  # a file that failed to load gives a stand-in that raises here
     except (OSError, SyntaxError, ImportError) as e:
       raise UserError(config_file_problem(e)) from None
+    from mae_jax import config_schema
+    try:
+      config_schema.check(value)
+    except UserError as e:
+      raise UserError(f"{config_flag(fv)}: {e}") from None
     tasks = self.tasks
     if tasks is not None and value.get("task") not in tasks:
       found = value.get("task")
@@ -364,6 +379,11 @@ class ConfigCommand:
             "command to resume.", file=sys.stderr)
       return 130
     return 0
+
+
+def config_flag(fv: flags.FlagValues) -> str:
+  """``--config=FILE[:ARG]`` as given."""
+  return f"--config={fv['config'].config_filename}" if "config" in fv else "--config"
 
 
 def refuse_arguments(args: list[str]) -> None:

@@ -76,37 +76,15 @@ def patch_grid(config) -> tuple[int, ...]:
   return masking.grid_size(shape, patch)
 
 
-def _check_video_options(m, grid) -> None:
-  from mae_jax.models.pos_embed import TABLES
-  if m.get("pos_table", "sincos") not in TABLES:
-    raise ConfigError(f"model.pos_table={m.pos_table!r} is unknown; choose one of "
-                      f"{', '.join(TABLES)}.")
-  if len(grid) == 3 and m.get("pos_table", "sincos") == "sincos":
-    for width, what in ((m.embed_dim, ""), (m.decoder_embed_dim, "decoder_")):
-      if width % 16:
-        raise ConfigError(f"model.{what}embed_dim={width} must be divisible by 16 for the "
-                          "3-D sin-cos position table (or set model.pos_table=sinusoid_1d).")
-
-
 def build_mae(config):
-  """``MaskedAutoencoder`` from a full config (``config.model`` + ``config.data``)."""
+  """``MaskedAutoencoder`` from a full config (``config.model`` + ``config.data``), whose
+  values ``mae_jax.config_schema`` accepts."""
   from mae_jax.models.mae import MaskedAutoencoder
   from mae_jax.models import masking
   m = config.model
   grid = patch_grid(config)
   # workdirs written before model.masking existed masked at random
   masking.check_strategy(m.get("masking", "random"), m.mask_ratio, grid)
-  if m.mask_ratio == 0.0:
-    raise ConfigError("model.mask_ratio must be in (0, 1) for pretraining; MAE uses 0.75.")
-  _check_video_options(m, grid)
-  for width, heads, what in ((m.embed_dim, m.num_heads, ""),
-                             (m.decoder_embed_dim, m.decoder_num_heads, "decoder_")):
-    if width % heads:
-      raise ConfigError(f"model.{what}embed_dim={width} is not divisible by "
-                        f"model.{what}num_heads={heads}.")
-    if width % 4:
-      raise ConfigError(f"model.{what}embed_dim={width} must be divisible by 4 for the "
-                        "2-D sin-cos position embedding.")
   video = dict(tubelet_size=tubelet_size(config), masking=m.get("masking", "random"),
                use_cls_token=bool(m.get("use_cls_token", True)),
                pos_table=m.get("pos_table", "sincos"),

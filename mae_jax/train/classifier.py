@@ -31,14 +31,13 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mae_jax import config_lib, fileio
+from mae_jax import config_lib, config_schema, fileio
 from mae_jax.data import finetune_augment, pipeline
 from mae_jax.data.sources import open_source
 from mae_jax.errors import CheckpointError, ConfigError
 from mae_jax.models import load as load_lib
 from mae_jax import stacking
 from mae_jax.models import registry
-from mae_jax.models.pos_embed import TABLES
 from mae_jax.models.vit import VisionTransformer
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import evaluators as evaluators_lib
@@ -59,32 +58,9 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
   m = config.model
   if head_norm is None:
     head_norm = config.get("task") == "linprobe"
-  if config.num_classes < 1:
-    raise ConfigError(f"num_classes={config.num_classes} must be positive.")
-  if m.embed_dim % m.num_heads:
-    raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by "
-                      f"model.num_heads={m.num_heads}.")
   tubelet = registry.tubelet_size(config)
   use_cls = bool(m.get("use_cls_token", True))
   pos_table = m.get("pos_table", "sincos")
-  if pos_table not in TABLES:
-    raise ConfigError(f"model.pos_table={pos_table!r} is unknown; choose one of "
-                      f"{', '.join(TABLES)}.")
-  if pos_table == "sincos" and m.embed_dim % (16 if tubelet else 4):
-    raise ConfigError(f"model.embed_dim={m.embed_dim} must be divisible by "
-                      f"{16 if tubelet else 4} ({3 if tubelet else 2}-D sin-cos position "
-                      "table).")
-  if tubelet and "video" not in config.data:
-    raise ConfigError(f"model.tubelet_size={tubelet} makes a video classifier but the "
-                      "config has no data.video section; start from "
-                      "configs/finetune_video_fmnist.py or config_lib.video_classifier_defaults.")
-  pools = VisionTransformer.POOLS if use_cls else ("avg", "mean")
-  if m.pool not in pools:
-    raise ConfigError(f"model.pool={m.pool!r} must be one of {', '.join(pools)} ('avg': "
-                      "fine-tuning, 'cls' or 'mean': linear probe"
-                      f"{'' if use_cls else '; the model has no cls token'}).")
-  if not 0.0 <= m.get("drop_path", 0.0) < 1.0:
-    raise ConfigError(f"model.drop_path={m.drop_path} must be in [0, 1).")
   model = VisionTransformer(
       num_classes=int(config.num_classes), image_size=int(config.data.image_size),
       patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
@@ -263,24 +239,13 @@ def linprobe_step_fn(model, tx, lr_fn, pixel_stats=None):
 
 
 def validate(config) -> None:
-  task = config.get("task", "")
-  if task not in TASKS:
-    raise ConfigError(f"task={task!r} must be one of {', '.join(TASKS)}.")
+  """The config's values (``mae_jax.config_schema``), then that ``init_from`` exists."""
+  config_schema.check(config)
+  if config.get("task") not in TASKS:
+    raise ConfigError(f"task={config.get('task')!r} must be one of {', '.join(TASKS)}.")
   if config.init_from and not fileio.exists(config.init_from):
     raise CheckpointError(f"config.init_from={config.init_from} does not exist; give a "
                           "pretraining workdir (mae-jax pretrain / mae-jax import).")
-  if task == "linprobe" and config.model.get("drop_path", 0.0):
-    raise ConfigError("the linear probe runs the encoder in inference mode; "
-                      "model.drop_path must be 0.")
-  if task == "finetune":
-    aug = config.data.augment
-    if registry.tubelet_size(config) and aug.rand_augment not in ("", "none"):
-      raise ConfigError(f"data.augment.rand_augment={aug.rand_augment!r} works on images, "
-                        "not clips; set --config.data.augment.rand_augment=none for a "
-                        "video classifier.")
-    if (aug.mixup > 0 or aug.cutmix > 0) and config.batch_size % 2:
-      raise ConfigError("mixup/cutmix pair each image with another: batch_size must be "
-                        "even.")
 
 
 def check_num_classes(config) -> None:

@@ -76,21 +76,6 @@ def total_steps(config) -> tuple[int, int]:
   return num_steps, per_epoch
 
 
-def validate(config) -> None:
-  if config.batch_size <= 0:
-    raise ConfigError(f"batch_size={config.batch_size} must be positive.")
-  if config.log_every_steps <= 0:
-    raise ConfigError("log_every_steps must be positive.")
-  if config.checkpoint.every_steps <= 0:
-    raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be "
-                      "positive.")
-  recovery_lib.validate(config.optim)
-  cache = config.get("compile_cache_dir", compile_cache.AUTO)
-  if not isinstance(cache, str):
-    raise ConfigError(f"compile_cache_dir={cache!r} must be a folder (local or gs://), "
-                      f"'{compile_cache.AUTO}' or '' (no cache).")
-
-
 def global_array(sharding, local, global_shape):
   """The global array whose rows this process holds are ``local``."""
   return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
@@ -107,7 +92,6 @@ def dry_run(config, task: Task) -> dict:
   """``--dry_run``: the mesh, the sharded state's shapes and the compiled train step,
   with nothing allocated, no data read and no workdir written; returns the memory
   report (``mae_jax.parallel.memory.report``) plus the run's layout."""
-  validate(config)
   compile_cache.configure(config.get("compile_cache_dir", compile_cache.AUTO))
   mesh = mesh_lib.make_mesh(config.mesh)
   mesh_lib.check_batch(config.batch_size, mesh)
@@ -132,7 +116,6 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
   """
   # ------------------------------------------------------------------ setup
   clock = metrics_lib.TimeBreakdown()
-  validate(config)
   compile_cache.configure(config.get("compile_cache_dir", compile_cache.AUTO))
   is_primary = jax.process_index() == 0
   num_steps, per_epoch = total_steps(config)

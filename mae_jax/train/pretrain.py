@@ -13,9 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mae_jax import config_lib
+from mae_jax import config_schema
 from mae_jax.data import pipeline
-from mae_jax.errors import ConfigError
 from mae_jax.models import registry
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import evaluators as evaluators_lib
@@ -24,20 +23,13 @@ from mae_jax.train import step as step_lib
 from mae_jax.train.tasks import Built
 
 
-def validate(config) -> None:
-  if not 0.0 < config.model.mask_ratio < 1.0:
-    raise ConfigError(f"model.mask_ratio={config.model.mask_ratio} must be in (0, 1); "
-                      "MAE uses 0.75.")
-  config_lib.validate_monitor(config.monitor)
-
-
 class PretrainTask:
   name = "pretrain"
   keep_best = None
   record_transform = staticmethod(pipeline.train_transform)
 
   def __init__(self, config):
-    validate(config)
+    config_schema.check(config)
     self.config = config
     self.model = registry.build_mae(config)
 

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mae_jax import config_lib
-from mae_jax.errors import ConfigError
 
 MODES = ("stop", "recover")
 FAULT_ENV = "MAE_JAX_TEST_NONFINITE_STEPS"
@@ -47,22 +46,6 @@ def defaults() -> dict:
   return dict(config_lib.nonfinite_defaults()["recover"])
 
 
-def validate(optim_config) -> None:
-  mode = optim_config.get("on_nonfinite", "stop")
-  if mode not in MODES:
-    raise ConfigError(f"optim.on_nonfinite={mode!r} must be one of {', '.join(MODES)}.")
-  rc = optim_config.get("recover", None) or {}
-  for key, minimum in (("skip_batches", 0), ("cooldown_steps", 0), ("max_events", 1)):
-    value = rc.get(key, defaults()[key])
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-      raise ConfigError(f"optim.recover.{key}={value!r} must be an integer >= {minimum}.")
-  factor = rc.get("lr_factor", 1.0)
-  if isinstance(factor, bool) or not isinstance(factor, (int, float)) or \
-      not 0 < float(factor) <= 1:
-    raise ConfigError(f"optim.recover.lr_factor={factor!r} must be in (0, 1] (1: the "
-                      "learning rate is left as it is).")
-
-
 def nonfinite_cause(host: dict) -> str:
   """The measured values that are not finite, e.g. ``loss, grad_norm``."""
   return ", ".join(k for k, v in host.items() if not np.isfinite(v)) or "none"
@@ -72,7 +55,7 @@ class Recovery:
   """The recovery policy of a run and its state (the events so far)."""
 
   def __init__(self, optim_config, accumulation: int = 1):
-    """``optim_config`` as ``validate`` accepts it (the loop checks it first)."""
+    """``optim_config`` as the config schema accepts it (``mae_jax.config_schema``)."""
     self.enabled = optim_config.get("on_nonfinite", "stop") == "recover"
     rc = {**defaults(), **dict(optim_config.get("recover", None) or {})}
     self.skip_batches = int(rc["skip_batches"])
