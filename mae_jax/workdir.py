@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from mae_jax import fileio
-from mae_jax.errors import CheckpointError, os_error_message
+from mae_jax.errors import CheckpointError, UserError, os_error_message
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -39,6 +39,23 @@ def kind(config) -> str:
   if "task" in config and "num_classes" in config:
     return str(config.task)
   return "mae"
+
+
+def modality(config) -> str:
+  """``"video"`` for a model of clips (``model.tubelet_size > 0``), else ``"image"``."""
+  return "video" if int(config.model.get("tubelet_size", 0) or 0) > 0 else "image"
+
+
+def require_modality(workdir: str, config, supported: str, use: str, instead: str) -> None:
+  """A ``UserError`` in one line when ``workdir`` (its ``config``) holds a model of
+  another modality than ``supported`` (``"image"`` or ``"video"``) can take: ``use``
+  names what refuses it, ``instead`` what to do."""
+  found = modality(config)
+  if found != supported:
+    detail = (f"model.tubelet_size={config.model.tubelet_size}" if found == "video"
+              else "no tubelet_size")
+    raise UserError(f"{workdir} holds {'a video' if found == 'video' else 'an image'} "
+                    f"model ({detail}); {use} takes {supported} models. {instead}")
 
 
 def save_config(workdir: str, config) -> None:

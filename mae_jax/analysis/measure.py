@@ -149,6 +149,14 @@ def analyze_workdirs(workdir: str, out: str, compare: str | None = None,
                     "be in (0, 1).")
   settings = Settings(num_images=num_images, seed=seed, jacobian_images=jacobian_images,
                       mask_ratios=ratios, num_train=num_train)
+  from mae_jax import workdir as workdir_lib
+  for path in (workdir, compare) if compare else (workdir,):
+    # before the weights are read: the measures are of 2-D patch grids
+    workdir_lib.require_modality(
+        path, workdir_lib.read_config(workdir_lib.resolve(path)[0]), "image",
+        "mae-jax analyze", "Its measures (attention distance in pixels, influence over "
+        "the 2-D patch grid) are defined for image MAEs; look at a video MAE with "
+        "mae-jax visualize.")
   loaded = [loading.load_mae(workdir, use="mae-jax analyze")]
   if compare:
     loaded.append(loading.load_mae(compare, use="mae-jax analyze"))

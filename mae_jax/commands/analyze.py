@@ -24,16 +24,17 @@ def define_flags(fv, argv):
       "Optional second workdir, analysed side by side.", flag_values=fv)
   flags.DEFINE_string("split", "test", "Dataset split of the analysed images.", flag_values=fv)
   flags.DEFINE_integer("num_images", 256, "Images analysed (from the split's start).",
-      flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the masks and random perturbations.", flag_values=fv)
+      lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the masks and random perturbations.",
+      lower_bound=0, flag_values=fv)
   flags.DEFINE_integer(
       "jacobian_images", 16, "Images for the exact influence Jacobians (the costly part).",
-      flag_values=fv)
+      lower_bound=1, flag_values=fv)
   flags.DEFINE_list("mask_ratios", ["0.25", "0.5", "0.75", "0.9"],
       "Mask ratios of the reconstruction/completion curves.", flag_values=fv)
   flags.DEFINE_integer(
       "num_train", 10000, "Training images used to fit the linear completion baseline.",
-      flag_values=fv)
+      lower_bound=1, flag_values=fv)
   flags.mark_flags_as_required(["workdir", "out"], flag_values=fv)
 
 

@@ -280,11 +280,14 @@ def init_distributed(fv: flags.FlagValues):
 class _Quiet(logging.Filter):
   """Console policy: no tracebacks, and no per-thread failure reports of a checkpoint
   write, whose failure reaches the command and is reported once as the ``error:``
-  line. ``--verbosity=1`` shows everything."""
+  line, and no notice that a checkpoint folder opened for reading is read-only (it
+  is opened so on purpose). ``--verbosity=1`` shows everything."""
 
   def filter(self, record):
     if _verbose():
       return True
+    if str(record.msg).startswith("Given directory is read only"):
+      return False
     if record.levelno >= logging.ERROR and (
         "orbax" in record.pathname or record.name == "asyncio"):
       return False

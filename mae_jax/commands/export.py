@@ -50,6 +50,11 @@ def run(fv, args):
     written = classifier.save(parts["params"], parts.get("batch_stats"), config,
                               fv.format, fv.out)
   else:
+    if fv.format != "videomae":
+      workdir_lib.require_modality(
+          workdir, config, "image", f"--format={fv.format}",
+          "Export a video MAE with --format=videomae (Hugging Face VideoMAEForPreTraining; "
+          "train it with the hf_layout option of configs/pretrain_video_fmnist.py).")
     loaded = mae_jax.load(fv.workdir)
     step = loaded.step
     written = export.save(loaded.params, loaded.config, fv.format, fv.out)

@@ -38,13 +38,14 @@ def define_flags(fv, argv):
   flags.DEFINE_string("workdir", None, "New workdir to create.", flag_values=fv)
   flags.DEFINE_integer(
       "image_size", None, "Target image size (default: the one the weights' position tables "
-      "are for). The model uses the fixed sin-cos tables of the new grid.", flag_values=fv)
+      "are for). The model uses the fixed sin-cos tables of the new grid.", lower_bound=1,
+      flag_values=fv)
   config_flags.DEFINE_config_file(
       "config", None, "Optional experiment config: the architecture to load into (the weights "
       "must fit it) and the data/optimizer settings the workdir keeps.",
       lock_config=True, flag_values=fv, sys_argv=argv)
   flags.DEFINE_integer("seed", None, "Seed of a fresh decoder (default: config.seed).",
-      flag_values=fv)
+      lower_bound=0, flag_values=fv)
   flags.mark_flags_as_required(["in", "format", "workdir"], flag_values=fv)
 
 
@@ -69,6 +70,7 @@ def run(fv, args):
                                                                    source=fv["in"].value)
     if fv.config is not None:
       config = _with_architecture(fv.config, config)
+    _check(config, fv)
     from mae_jax.train import classifier as classifier_task
     classifier_task.write_workdir(workdir, config, params, batch_stats)
     m = config.model
@@ -82,6 +84,7 @@ def run(fv, args):
   imported = export.from_torch_state_dict(sd, fv.format, fv.config, metadata=meta,
                                           image_size=fv.image_size, seed=fv.seed,
                                           source=fv["in"].value)
+  _check(imported.config, fv)
   checkpoint.write_workdir(workdir, imported.config, imported.params)
   m = imported.config.model
   video = imported.config.data.get("video")
@@ -92,6 +95,17 @@ def run(fv, args):
                f", tubelet {m.tubelet_size}" if m.get("tubelet_size") else "", clip,
                imported.config.data.image_size, imported.config.data.image_size,
                "imported" if imported.has_decoder else "fresh")
+
+
+def _check(config, fv) -> None:
+  """The workdir's config (the weights' architecture with --image_size and --config)
+  against the schema, before anything is written."""
+  from mae_jax import config_schema
+  try:
+    config_schema.check(config)
+  except UserError as e:
+    given = f" with --image_size={fv.image_size}" if fv.image_size else ""
+    raise UserError(f"the imported model{given} cannot be a workdir: {e}") from None
 
 
 def _with_architecture(user_config, imported):

@@ -15,7 +15,7 @@ def define_flags(fv, argv):
   flags.DEFINE_string("out", None, "Output PNG path.", flag_values=fv)
   flags.DEFINE_integer("num_images", 8, "Images (rows) in the grid.", flag_values=fv)
   flags.DEFINE_string("split", None, "Dataset split (default: the eval split).", flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Masking seed.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Masking seed.", lower_bound=0, flag_values=fv)
   flags.DEFINE_list(
       "images", None, "Your own image files (local or gs://, comma- or space-separated) "
       "instead of dataset images: shorter side resized to the model's input, centre-cropped.",
@@ -38,9 +38,15 @@ def run(fv, args):
   import jax
   from mae_jax import loading, viz
   from mae_jax.data import augment, pipeline
+  from mae_jax import workdir as workdir_lib
+  from mae_jax.models import registry
   loaded = loading.load_mae(fv.workdir, use="mae-jax visualize")
   cfg = loaded.config
   model = loaded.model
+  if fv.images:
+    workdir_lib.require_modality(
+        loaded.workdir, cfg, "image", "--images",
+        "Leave --images out to see clips of its dataset reconstructed.")
   if fv.mask_ratio is not None:
     if not 0.0 < fv.mask_ratio < 1.0:
       raise UserError(f"--mask_ratio={fv.mask_ratio} must be in (0, 1).")
@@ -57,8 +63,12 @@ def run(fv, args):
       {"params": p}, x, train=False, rngs={"masking": jax.random.key(fv.seed)}))(
           loaded.params, images)
   rows = viz.reconstruction_rows(images, pred, mask, cfg.model.patch_size,
-                                 cfg.model.norm_pix_loss, mean, std)
+                                 cfg.model.norm_pix_loss, mean, std,
+                                 registry.tubelet_size(cfg),
+                                 bool(cfg.model.get("norm_pix_per_channel", False)))
   viz.save_png(viz.grid_image(rows, scale=viz.default_scale(cfg.data.image_size)), fv.out)
-  logging.info("wrote %s (step %d, mask ratio %.2f, loss on these images %.4f; columns: "
-               "original, masked, reconstruction, reconstruction + visible)", fv.out,
-               loaded.step, model.mask_ratio, float(loss))
+  layout = ("a frame per column; per clip the rows original, masked, reconstruction, "
+            "reconstruction + visible" if registry.tubelet_size(cfg) else
+            "columns: original, masked, reconstruction, reconstruction + visible")
+  logging.info("wrote %s (step %d, mask ratio %.2f, loss on these images %.4f; %s)", fv.out,
+               loaded.step, model.mask_ratio, float(loss), layout)

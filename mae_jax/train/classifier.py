@@ -34,9 +34,10 @@ from flax import traverse_util
 from mae_jax import config_lib, config_schema, fileio
 from mae_jax.data import finetune_augment, pipeline
 from mae_jax.data.sources import open_source
-from mae_jax.errors import CheckpointError, ConfigError
+from mae_jax.errors import CheckpointError, ConfigError, UserError
 from mae_jax.models import load as load_lib
 from mae_jax import stacking
+from mae_jax import workdir as workdir_lib
 from mae_jax.models import registry
 from mae_jax.models.vit import VisionTransformer
 from mae_jax.parallel import sharding as sharding_lib
@@ -376,7 +377,20 @@ def dry_run(config) -> dict:
 
 def evaluate(config, workdir: str) -> dict:
   """Top-1 / top-5 of the workdir's latest checkpoint on ``data.eval_split``."""
-  return loop.run(config, workdir, ClassifierTask(config), train=False)
+  task = ClassifierTask(config)
+  if fileio.exists(fileio.join(workdir, workdir_lib.CONFIG_FILE)):
+    trained = workdir_lib.read_config(workdir)
+    if workdir_lib.kind(trained) == "mae":
+      raise UserError(f"{workdir} is a pretraining workdir (an MAE); mae-jax evaluate scores "
+                      "a fine-tuning or probing workdir: make one with mae-jax finetune "
+                      f"(or linprobe) --config.init_from={workdir}.")
+    if workdir_lib.modality(trained) != workdir_lib.modality(config):
+      workdir_lib.require_modality(
+          workdir, trained, workdir_lib.modality(config), "this --config",
+          f"Evaluate it with the config it was trained with (e.g. configs/"
+          f"{trained.task}_{'video_' if workdir_lib.modality(trained) == 'video' else ''}"
+          "fmnist.py, or its config.json's values).")
+  return loop.run(config, workdir, task, train=False)
 
 
 def write_workdir(workdir: str, config, params, batch_stats=None, step: int = 0) -> None:
