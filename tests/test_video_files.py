@@ -198,6 +198,24 @@ def test_list_and_folder_errors_say_what_to_change(video_root, tmp_path):
     pipeline.open_checked(c.data, "train")
 
 
+def test_lists_folders_and_videos_on_gcs_give_the_local_clips(video_root, gcs):
+  """The list file, the folders and the videos in a bucket (read through seekable
+  file objects): the same samples, labels and clips as on the local disk."""
+  from mae_jax import fileio
+  for path in sorted(video_root.rglob("*")):
+    if path.is_file():
+      fileio.write_bytes(gcs.path("videos", str(path.relative_to(video_root))),
+                         path.read_bytes())
+  for source in ("video_list", "video_folder"):
+    local = pipeline.open_checked(files_config(video_root, source).data, "train")[0]
+    remote = pipeline.open_checked(files_config(gcs.path("videos"), source).data, "train")[0]
+    assert [l for _, l in remote.samples] == [l for _, l in local.samples]
+    assert all(p.startswith("gs://") for p, _ in remote.samples), remote.samples
+    for i in (0, 3):
+      np.testing.assert_array_equal(np.asarray(remote[i]["image"]),
+                                    np.asarray(local[i]["image"]))
+
+
 def batches(config, n, seed=0, **kwargs):
   it = pipeline.train_iterator(config.data, global_batch=config.batch_size, seed=seed,
                                **kwargs)

@@ -207,13 +207,19 @@ def scan_image_folder(directory: str,
   a run opens a split several times.
   """
   classes = find_classes(directory)
+  # gcsfs walks a gs:// folder as "bucket/..." paths: put the scheme back
+  scheme = directory[:directory.index("://") + 3] if fileio.is_remote(directory) else ""
   files = {}
   for name in classes:
-    walked = sorted((str(root), filenames)
+    walked = sorted((_with_scheme(str(root), scheme), filenames)
                     for root, _, filenames in (fileio.path(directory) / name).walk())
-    files[name] = tuple(os.path.join(root, f) for root, filenames in walked
+    files[name] = tuple(fileio.join(root, f) for root, filenames in walked
                         for f in sorted(filenames) if f.lower().endswith(extensions))
   return tuple(classes), files
+
+
+def _with_scheme(path: str, scheme: str) -> str:
+  return scheme + path if scheme and not path.startswith(scheme) else path
 
 
 class FolderSource:
