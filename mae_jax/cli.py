@@ -137,7 +137,7 @@ def run(argv: list[str]) -> int:
   try:
     args = common.parse_flags_or_exit(fv, [prog, *argv[1:]])
     common.set_verbosity(fv.verbosity)
-    return common.guarded(module.run)(fv, args[1:]) or 0
+    return common.guarded(common.checked_environment(module.run))(fv, args[1:]) or 0
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   finally:
@@ -151,7 +151,15 @@ def main(argv: list[str] | None = None) -> None:
   # Stray callbacks of a failed checkpoint operation can surface at interpreter
   # shutdown, after ``run`` returned: keep them quiet for the whole process.
   sys.unraisablehook = common.quiet_unraisablehook(sys.unraisablehook)
-  sys.exit(run(argv[1:]))
+  verbose = any(a.startswith(("--verbosity=", "-v=")) and not a.endswith("=0")
+                for a in argv[1:])
+  code = run(argv[1:])
+  if code not in (0, None) and not verbose:
+    # The error line was the last word: what an abandoned operation leaves for the
+    # interpreter's shutdown (coroutines never awaited, event loops half built)
+    # would print after it.
+    common.silence_after_error()
+  sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -457,11 +457,11 @@ def _cross_key_rules(c) -> Iterator[str]:
 # -------------------------------------------------------------------------- checking
 
 
-def _leaves(node, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def leaves(node, prefix: str = "") -> Iterator[tuple[str, Any]]:
   for key in node.keys():
     value = node[key]
     if hasattr(value, "keys"):
-      yield from _leaves(value, f"{prefix}{key}.")
+      yield from leaves(value, f"{prefix}{key}.")
     else:
       yield prefix + key, value
 
@@ -471,7 +471,7 @@ def required_keys(task: str) -> set[str]:
   from mae_jax import config_lib
   defaults = {"pretrain": config_lib.pretrain_defaults, "finetune": config_lib.finetune_defaults,
               "linprobe": config_lib.linprobe_defaults}[task]("B/16")
-  return {k for k, _ in _leaves(defaults)}
+  return {k for k, _ in leaves(defaults)}
 
 
 def closest_key(key: str) -> str | None:
@@ -494,7 +494,7 @@ def problems(config) -> Iterator[str]:
   if task not in ("pretrain", "finetune", "linprobe"):
     yield f"task={task!r} must be finetune or linprobe (or absent for pretraining)."
     return
-  given = dict(_leaves(config))
+  given = dict(leaves(config))
   found = False
   for key, value in given.items():
     rule = SCHEMA.get(key)

@@ -241,3 +241,81 @@ def register_tensorboard(scheme: str = "gs") -> None:
   ``gs`` writer needs google-cloud-storage and a separate client configuration)."""
   from tensorboardX import record_writer
   record_writer.register_writer_factory(scheme, _EventFileFactory())
+
+
+# ------------------------------------------------------------------- reaching a bucket
+
+BUCKET_CHECK_TIMEOUT_S = 20.0  # the whole check; gcsfs alone retries for ~90 s
+_REACHED: set[tuple] = set()   # (endpoint, bucket) this process has reached
+
+
+def _storage_endpoint() -> tuple[str, int]:
+  """``(host, port)`` gcsfs talks to: the emulator's, or Cloud Storage's."""
+  from urllib.parse import urlparse
+  emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+  if emulator:
+    url = urlparse(emulator if "://" in emulator else f"http://{emulator}")
+    return url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 80)
+  return "storage.googleapis.com", 443
+
+
+def check_bucket(url: str, given_as: str) -> None:
+  """A ``StorageError`` within ``BUCKET_CHECK_TIMEOUT_S`` seconds, naming the bucket and
+  the likely cause, when the bucket of ``url`` (``gs://bucket/...``) cannot be used:
+  no route to Cloud Storage (network, firewall, a wrong ``STORAGE_EMULATOR_HOST``),
+  no access (credentials), or no such bucket (the name). Local paths pass; a bucket
+  is checked once per process."""
+  if not os.fspath(url).startswith("gs://"):
+    return
+  bucket = os.fspath(url)[len("gs://"):].split("/", 1)[0]
+  if (_storage_endpoint(), bucket) in _REACHED:
+    return
+  import socket
+  import threading
+  from mae_jax.errors import StorageError
+  head = f"{given_as}={url}: bucket {bucket!r}"
+  host, port = _storage_endpoint()
+  try:
+    socket.create_connection((host, port), timeout=5.0).close()
+  except OSError as e:
+    reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    raise StorageError(
+        f"{head} cannot be reached: no connection to {host}:{port} ({reason}). Likely "
+        "the network: this machine has no route to Cloud Storage (no internet, a "
+        "firewall or proxy" + (", or a wrong STORAGE_EMULATOR_HOST" if
+                              os.environ.get("STORAGE_EMULATOR_HOST") else "") + ").") from None
+  outcome: dict = {}
+
+  def probe():
+    try:
+      import fsspec
+      fsspec.filesystem("gs").ls(bucket, detail=False)
+      outcome["ok"] = True
+    except BaseException as e:  # noqa: BLE001  (reported below)
+      outcome["error"] = e
+
+  thread = threading.Thread(target=probe, daemon=True, name="bucket-check")
+  thread.start()
+  thread.join(BUCKET_CHECK_TIMEOUT_S)
+  if thread.is_alive():
+    raise StorageError(
+        f"{head} gave no answer within {BUCKET_CHECK_TIMEOUT_S:.0f} s although {host} is "
+        "reachable. Likely the credentials (no Application Default Credentials: run "
+        "`gcloud auth application-default login`, or use a VM whose service account "
+        "may read the bucket) or a proxy that holds the connection.")
+  error = outcome.get("error")
+  if error is None:
+    _REACHED.add(((host, port), bucket))
+    return
+  text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+  if isinstance(error, FileNotFoundError) or "404" in text or "not found" in text.lower():
+    cause = ("it does not exist. Check the name (gsutil ls gs://), or create it "
+             "(gsutil mb gs://BUCKET)")
+  elif isinstance(error, PermissionError) or any(
+      s in text for s in ("401", "403", "Anonymous", "credential", "does not have")):
+    cause = ("access is denied. Likely the credentials: run `gcloud auth "
+             "application-default login`, or give this VM's service account access to "
+             "the bucket")
+  else:
+    cause = "the name, the credentials or the network (see the reason)"
+  raise StorageError(f"{head} cannot be used ({text}); {cause}.") from None

@@ -62,14 +62,21 @@ LOCKING = ("pretrain", "finetune", "linprobe", "evaluate")
 @dataclasses.dataclass(frozen=True)
 class Case:
   """``argv`` of ``mae-jax`` with placeholders (see ``Places``); ``expect``: a regex
-  the one ``error:`` line must match."""
+  the one ``error:`` line must match; ``env``: environment variables of the case's
+  process; ``open_files``: its limit on open files (``ulimit -n``)."""
   id: str
   argv: tuple
   expect: str
+  env: tuple = ()
+  open_files: int | None = None
 
 
-def case(id, argv, expect):
-  return Case(id, tuple(argv), expect)
+def case(id, argv, expect, env=None, open_files=None):
+  return Case(id, tuple(argv), expect, tuple(sorted((env or {}).items())), open_files)
+
+
+# A port nothing listens on (the discard service is not run): connections are refused.
+NO_STORAGE = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
 
 
 # Placeholders: {good} pretraining workdir, {ft} fine-tuning workdir, {tmp} files made
@@ -99,7 +106,7 @@ CASES = [
          "--workdir"),
     case("pretrain/unknown-flag", (*PRETRAIN, "--workdir={new}", "--bogus=1"), "bogus"),
     case("pretrain/unknown-key", (*PRETRAIN, "--workdir={new}", "--config.model.nope=1"),
-         r"unknown config key model\.nope; the config file lists its keys"),
+         r"unknown config key model\.nope; no part of mae_jax reads it"),
     case("pretrain/empty-workdir", (*PRETRAIN, "--workdir="), r"--workdir is empty"),
     case("export/blank-out", ("export", "--workdir={good}", "--format=official", "--out=  "),
          r"--out is empty"),
@@ -113,7 +120,7 @@ CASES = [
     case("pretrain/batch-negative", (*PRETRAIN, "--workdir={new}", "--config.batch_size=-4"),
          "batch_size=-4"),
     case("pretrain/base-lr-negative", (*PRETRAIN, "--workdir={new}",
-                                       "--config.optim.base_lr=-1"), "base_lr=-1.0 must be positive"),
+                                       "--config.optim.base_lr=-1"), r"base_lr=-1.0 must be a number > 0"),
     case("pretrain/min-lr-negative", (*PRETRAIN, "--workdir={new}", "--config.optim.min_lr=-1"),
          "min_lr"),
     case("pretrain/min-lr-above-peak", (*PRETRAIN, "--workdir={new}", "--config.optim.min_lr=9"),
@@ -165,6 +172,45 @@ CASES = [
     case("pretrain/workdir-read-only", (*PRETRAIN, "--workdir={ro}/w"), "read-only|ermission"),
     case("pretrain/workdir-denied", (*PRETRAIN, "--workdir={denied}/w"),
          "ermission|not permitted"),
+    # ------------------------------------------------------------ the environment
+    case("pretrain/xla-flags-unknown", (*PRETRAIN, "--workdir={new}"),
+         r"XLA_FLAGS has --xla_no_such_flag=1, which this XLA .* does not know",
+         env={"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_no_such_flag=1"}),
+    case("pretrain/open-file-limit", (*PRETRAIN, "--workdir={new}"),
+         r"limit on open files is 12 \(ulimit -n\)", open_files=12),
+    case("pretrain/gs-workdir-no-route", (*PRETRAIN, "--workdir=gs://mae-jax-test-bucket/w"),
+         r"bucket 'mae-jax-test-bucket' cannot be reached: no connection to 127.0.0.1:9",
+         env=NO_STORAGE),
+    case("pretrain/gs-workdir-unresolvable", (*PRETRAIN, "--workdir=gs://mae-jax-test/w"),
+         r"bucket 'mae-jax-test' cannot be reached: .*no-such-host.invalid",
+         env={"STORAGE_EMULATOR_HOST": "http://no-such-host.invalid:4443"}),
+    case("finetune/gs-init-from-no-route", (*FINETUNE, "--workdir={new}",
+                                            "--config.init_from=gs://mae-jax-test/w"),
+         r"config.init_from=gs://mae-jax-test/w: bucket 'mae-jax-test' cannot be reached",
+         env=NO_STORAGE),
+    case("export/gs-out-no-route", ("export", "--workdir={good}", "--format=timm",
+                                    "--out=gs://mae-jax-test/m.pth"),
+         r"--out=gs://mae-jax-test/m.pth: bucket 'mae-jax-test' cannot be reached",
+         env=NO_STORAGE),
+    # ------------------------------------------------------------ config values
+    case("pretrain/config-arg-not-a-number",
+         ("pretrain", "--config=configs/pretrain_fmnist.py:steps=ten", "--workdir={new}"),
+         r"--config=configs/pretrain_fmnist.py:steps=ten: config argument steps='ten' must "
+         "be an integer"),
+    case("pretrain/negative-steps", (*PRETRAIN, "--workdir={new}",
+                                     "--config.num_train_steps=-5"),
+         r"num_train_steps=-5 must be an integer >= 0"),
+    case("pretrain/image-size-zero", (*PRETRAIN, "--workdir={new}",
+                                      "--config.data.image_size=0"),
+         r"data.image_size=0 must be an integer >= 1"),
+    case("pretrain/heads-zero", (*PRETRAIN, "--workdir={new}", "--config.model.num_heads=0"),
+         r"model.num_heads=0 must be an integer >= 1"),
+    case("pretrain/rrc-scale-reversed", (*PRETRAIN, "--workdir={new}",
+                                         "--config.data.augment.rrc_scale=(1.0,0.2)"),
+         r"data.augment.rrc_scale=\(1.0, 0.2\) has its bounds reversed"),
+    case("import/image-size-zero", ("import", "--in={tmp}/text.pth", "--format=timm",
+                                    "--workdir={new}", "--image_size=0"),
+         r"--image_size=0"),
     case("pretrain/disk-full", (*PRETRAIN, "--workdir={full}", "--config.num_train_steps=4",
                                 "--config.checkpoint.async_save=False"), "No space left"),
     # ------------------------------------------------------------ finetune
@@ -380,9 +426,15 @@ def _inject_enospc(prefix: str):
   builtins.open = full_open
 
 
-def _child(argv: list, out_dir: str, name: str, enospc_under: str | None = None):
-  """In the forked child: run ``mae-jax ARGV`` with fd 1/2 in files, then exit normally."""
+def _child(argv: list, out_dir: str, name: str, enospc_under: str | None = None,
+           env: dict | None = None, open_files: int | None = None):
+  """In the forked child: run ``mae-jax ARGV`` with fd 1/2 in files (and ``env``, and
+  ``open_files`` as both limits on open files), then exit normally."""
   os.chdir(REPO)
+  os.environ.update(env or {})
+  if open_files:
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
   null = os.open(os.devnull, os.O_RDONLY)
   os.dup2(null, 0)
   for fd, suffix in ((1, "out"), (2, "err")):
@@ -415,12 +467,12 @@ def serve():
       pick = next((i for i, c in enumerate(pending) if not c[2] or c[2] not in busy), None)
       if pick is None:
         break
-      index, argv, key, enospc_under = pending.pop(pick)
+      index, argv, key, enospc_under, env, open_files = pending.pop(pick)
       sys.stdout.flush()
       sys.stderr.flush()
       pid = os.fork()
       if pid == 0:
-        _child(argv, out_dir, str(index), enospc_under)
+        _child(argv, out_dir, str(index), enospc_under, env, open_files)
       running[pid] = (index, argv, key, time.time())
       busy.add(key)
     pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -618,7 +670,7 @@ def results(good_workdirs, tmp_path_factory, request):
       workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), "")
       key = workdir if c.argv[0] in LOCKING else ""
       full = places.enospc_under if "{full}" in "".join(c.argv) else None
-      requests.append([index, argv, key, full])
+      requests.append([index, argv, key, full, dict(c.env), c.open_files])
       expanded[c.id] = (argv, new)
     out_dir = os.path.join(places.root, "output")
     os.makedirs(out_dir)
@@ -680,6 +732,8 @@ def test_bad_input(c, results):
   assert "Traceback" not in stdout + stderr, shown
   errors = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1, shown
+  after = stderr.split(errors[0], 1)[1]
+  assert not after.strip(), f"printed after the error line:\n{shown}"
   assert re.search(c.expect, errors[0], re.IGNORECASE), (c.expect, errors[0])
   assert not _finished_outputs(new), f"left behind as if finished: {_finished_outputs(new)}"
   for workdir, digest in before.items():

@@ -114,3 +114,38 @@ def test_a_platform_jax_cannot_start_is_one_error_line(platform, argv, tmp_path)
   assert f"JAX could not start a backend for JAX_PLATFORMS={platform}" in errors[0]
   assert proc.stderr.strip().splitlines()[-1] == errors[0]  # nothing after it
   assert not out.exists()
+
+
+def test_a_thread_limit_reached_is_one_error_line(tmp_path, monkeypatch, fmnist_available):
+  """Python's own error for a thread the OS refuses (``ulimit -u`` reached; root is not
+  held to it, so the refusal is made in ``threading``) becomes one line naming the
+  limit, wherever in the command the thread was started."""
+  import threading
+
+  def refused(self):
+    raise RuntimeError("can't start new thread")
+  monkeypatch.setattr(threading.Thread, "start", refused)
+  proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py", *TINY_FLAGS,
+                 "--config.num_train_steps=1", f"--workdir={tmp_path}/w")
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: cannot start a thread: the limit on processes and threads is reached "
+      "(ulimit -u is "), lines
+
+
+def test_bad_xla_flags_are_one_error_line_before_xla_aborts(tmp_path, monkeypatch):
+  """XLA aborts the process with a C++ fatal log on an unknown ``XLA_FLAGS`` entry; the
+  command finds it first (a child process starts a CPU backend with the same flags)."""
+  from mae_jax.commands import common
+  monkeypatch.setenv("HOME", str(tmp_path))  # a fresh cache of checked values
+  monkeypatch.setenv("XLA_FLAGS", "--xla_no_such_flag=1")
+  monkeypatch.setattr(common, "_XLA_FLAGS_CHECKED", set())
+  with pytest.raises(common.UserError, match=r"XLA_FLAGS has --xla_no_such_flag=1, which "
+                     r"this XLA \(jaxlib [\d.]+\) does not know"):
+    common.check_xla_flags()
+  good = "--xla_backend_optimization_level=0"
+  monkeypatch.setenv("XLA_FLAGS", good)
+  common.check_xla_flags()
+  assert good in common._XLA_FLAGS_CHECKED
+  assert len(list((tmp_path / ".cache" / "mae_jax" / "xla_flags_ok").iterdir())) == 1

@@ -22,7 +22,7 @@ CONFIG_ARGS = {"pretrain_imagenet": ("runlocal", "variant=L/16"),
 
 
 def leaves(config) -> dict:
-  return dict(config_schema._leaves(config))
+  return dict(config_schema.leaves(config))
 
 
 def shipped_configs():

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import training_rows  # noqa: E402
-from mae_jax import config_lib, export  # noqa: E402
+from mae_jax import config_lib, config_schema, export  # noqa: E402
 from mae_jax.errors import CheckpointError, ConfigError  # noqa: E402
 from mae_jax.models import registry  # noqa: E402
 
@@ -116,10 +116,10 @@ def test_video_config_errors_say_what_to_change():
   config = video_config(hf_layout=False)
   config.data.video.num_frames = 5
   with pytest.raises(ConfigError, match="tubelet_size"):
-    registry.build_mae(config)
+    config_schema.check(config)
   config = video_config(hf_layout=False, embed_dim=40, num_heads=2)
   with pytest.raises(ConfigError, match="divisible by 16"):
-    registry.build_mae(config)
+    config_schema.check(config)
   config = config_lib.pretrain_defaults("tiny/4")
   config.model.masking = "tube"
   config.data.image_size = 28

@@ -139,6 +139,62 @@ def _refuse_blank_values(fv: flags.FlagValues) -> None:
                       "describes it).")
 
 
+def checked_environment(run):
+  """``run(fv, args)`` after the checks of what the command line does not say and
+  would fail late or loudly: the open-file limit (``raise_open_file_limit``),
+  ``XLA_FLAGS`` (``check_xla_flags``) and the buckets of the ``gs://`` flags
+  (``fileio.check_bucket``)."""
+  @functools.wraps(run)
+  def wrapper(fv: flags.FlagValues, args: list[str]):
+    raise_open_file_limit()
+    check_xla_flags()
+    from mae_jax import fileio
+    for name in list(fv):
+      flag = fv[name]
+      if name == flag.name and flag.present and isinstance(flag.value, str):
+        fileio.check_bucket(flag.value, f"--{name}")
+    return run(fv, args)
+  return wrapper
+
+
+_XLA_FLAGS_CHECKED: set[str] = set()
+
+
+def check_xla_flags() -> None:
+  """A ``UserError`` naming the entry when ``XLA_FLAGS`` holds a flag this XLA does
+  not know: XLA itself aborts the process with a C++ fatal log the first time a
+  backend starts. A child process starts a CPU backend with the same ``XLA_FLAGS``
+  (about a second); a value that passed is remembered in ``~/.cache/mae_jax`` (per
+  jaxlib version) and in this process."""
+  value = os.environ.get("XLA_FLAGS", "").strip()
+  if not value or value in _XLA_FLAGS_CHECKED:
+    return
+  import hashlib
+  import subprocess
+  import jaxlib
+  key = hashlib.sha256(f"{jaxlib.__version__} {value}".encode()).hexdigest()[:20]
+  marker = os.path.join(os.path.expanduser("~"), ".cache", "mae_jax", "xla_flags_ok", key)
+  if os.path.exists(marker):
+    _XLA_FLAGS_CHECKED.add(value)
+    return
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices('cpu')"], env=env,
+                        capture_output=True, text=True, timeout=300)
+  unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.+)", proc.stderr)
+  if proc.returncode != 0 and unknown:
+    raise UserError(f"XLA_FLAGS has {unknown.group(1).strip()}, which this XLA (jaxlib "
+                    f"{jaxlib.__version__}) does not know; remove it or correct its name "
+                    "(XLA would abort at start-up).")
+  if proc.returncode == 0:
+    _XLA_FLAGS_CHECKED.add(value)
+    try:
+      os.makedirs(os.path.dirname(marker), exist_ok=True)
+      with open(marker, "w") as f:
+        f.write(value + "\n")
+    except OSError:
+      pass  # remembered in this process only
+
+
 def set_verbosity(level: int) -> None:
   global _verbosity
   _verbosity = level
@@ -209,13 +265,56 @@ def guarded(main):
       _exit_with("interrupted; the checkpoints already written are intact. Re-run the "
                  "same command to resume.", 130)
     except (AssertionError, RuntimeError) as e:
-      problem = backend_problem(e)
+      problem = backend_problem(e) or thread_problem(e)
       if problem is None:
         raise
       _exit_with(problem, 2)
     finally:
       sys.unraisablehook = previous_hook
   return wrapper
+
+
+def silence_after_error() -> None:
+  """No warnings or ignored exceptions for the rest of the process (its shutdown)."""
+  import warnings
+  warnings.simplefilter("ignore")
+  sys.unraisablehook = lambda unraisable: None
+
+
+def thread_problem(e: BaseException) -> str | None:
+  """One line for a thread the process could not start (a thread limit reached)."""
+  if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    return (f"cannot start a thread: the limit on processes and threads is reached "
+            f"(ulimit -u is {limit}, shared by every process of this user). Raise it "
+            "(ulimit -u 4096) or stop other processes, then re-run the same command; the "
+            "checkpoints already written are intact.")
+  return None
+
+
+MIN_OPEN_FILES = 64  # a checkpoint save opens a few dozen files at once
+
+
+def raise_open_file_limit() -> None:
+  """Lifts the soft limit on open files to the hard one (up to 65536), as many
+  programs do; a ``UserError`` when even that is below ``MIN_OPEN_FILES`` (a checkpoint
+  save would fail at its first step with EMFILE, or time out waiting for its files)."""
+  import resource
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  infinite = resource.RLIM_INFINITY
+  wanted = 65536 if hard == infinite else min(hard, 65536)
+  if soft != infinite and soft < wanted:
+    try:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+      soft = wanted
+    except (ValueError, OSError):
+      pass
+  if soft != infinite and soft < MIN_OPEN_FILES:
+    raise UserError(f"the limit on open files is {soft} (ulimit -n); mae_jax needs at least "
+                    f"{MIN_OPEN_FILES} (a checkpoint save opens many files at once). Raise it "
+                    "with ulimit -n 4096 (and the hard limit, ulimit -Hn, if that is lower).")
 
 
 def backend_problem(e: BaseException) -> str | None:
@@ -354,6 +453,10 @@ class ConfigCommand:
       config_schema.check(value)
     except UserError as e:
       raise UserError(f"{config_flag(fv)}: {e}") from None
+    from mae_jax import fileio
+    for key, leaf in config_schema.leaves(value):
+      if isinstance(leaf, str):
+        fileio.check_bucket(leaf, f"config.{key}")
     tasks = self.tasks
     if tasks is not None and value.get("task") not in tasks:
       found = value.get("task")
