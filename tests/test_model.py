@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mae_jax import config_lib
+from mae_jax import config_lib, config_schema
 from mae_jax.errors import ConfigError
 from mae_jax.models import registry
 from mae_jax.models.mae import MaskedAutoencoder, patch_targets, reconstruction_loss
