@@ -63,7 +63,7 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
   use_cls = bool(m.get("use_cls_token", True))
   pos_table = m.get("pos_table", "sincos")
   model = VisionTransformer(
-      num_classes=int(config.num_classes), image_size=int(config.data.image_size),
+      num_classes=int(config.num_classes), image_size=registry.image_hw(config.data.image_size),
       patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, pool=m.pool, drop_path_rate=float(m.get("drop_path", 0.0)),
       head_init_std=float(m.head_init_std), head_norm=head_norm,
@@ -296,6 +296,7 @@ class ClassifierTask:
     state, shardings = create_state(self.model, opt_init, mesh, registry.input_shape(c),
                                     c.seed, self.ema_decay, abstract)
     pixel_stats = pipeline.normalization(c.data, dataset_required=not abstract)
+    self.pixel_dtype = pipeline.pixel_dtype(c.data, dataset_required=not abstract)
     if self.finetune:
       aug = c.data.augment
       fn = finetune_step_fn(self.model, tx, lr_fn, c.seed if step_seed is None else step_seed,
@@ -322,9 +323,9 @@ class ClassifierTask:
   def abstract_batch(self, shardings: dict) -> dict:
     """What ``device_batch`` returns, as ``ShapeDtypeStruct``s."""
     c = self.config
-    b, size = c.batch_size, c.data.image_size
-    erase = finetune_augment.erase_params(np.random.default_rng(0), size, size, 0.0)
-    shapes = {"image": (registry.input_shape(c, b), jnp.uint8),
+    b, (h, w) = c.batch_size, registry.image_hw(c.data.image_size)
+    erase = finetune_augment.erase_params(np.random.default_rng(0), h, w, 0.0)
+    shapes = {"image": (registry.input_shape(c, b), self.pixel_dtype),
               "label": ((b,), jnp.int32),
               "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
                       jnp.float32),
@@ -341,7 +342,7 @@ class ClassifierTask:
       # of earlier versions on their trajectory.
       rng = np.random.default_rng([c.seed, step, 0])
       batch["mix"] = finetune_augment.draw_mix(
-          rng, c.data.image_size, c.data.image_size, mixup_alpha=aug.mixup,
+          rng, *registry.image_hw(c.data.image_size), mixup_alpha=aug.mixup,
           cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
           switch_prob=aug.mixup_switch_prob).as_vector()
     return {k: loop.global_array(shardings[k], v,

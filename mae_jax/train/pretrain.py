@@ -44,6 +44,7 @@ class PretrainTask:
     state, shardings = step_lib.create_train_state(self.model, tx, mesh,
                                                    registry.input_shape(c), c.seed, abstract)
     # (a dry run reads no data: the statistics' values do not change the step's memory)
+    self.pixel_dtype = pipeline.pixel_dtype(c.data, dataset_required=not abstract)
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn,
                                           c.seed if step_seed is None else step_seed,
                                           pipeline.normalization(c.data,
@@ -58,9 +59,10 @@ class PretrainTask:
     return loop.global_array(shardings, host_batch["image"], shape)
 
   def abstract_batch(self, shardings):
-    """What ``device_batch`` returns (uint8 pixels), as a ``ShapeDtypeStruct``."""
+    """What ``device_batch`` returns (the data's pixels: uint8 photos), as a
+    ``ShapeDtypeStruct``."""
     return jax.ShapeDtypeStruct(registry.input_shape(self.config, self.config.batch_size),
-                                jnp.uint8, sharding=shardings)
+                                getattr(self, "pixel_dtype", jnp.uint8), sharding=shardings)
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config
