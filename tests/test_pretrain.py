@@ -111,7 +111,7 @@ def _assert_one_line_error(proc, pattern):
 
 
 @pytest.mark.parametrize("flag,pattern", [
-    ("--config.data.image_size=30", "not divisible by patch_size 7"),
+    ("--config.data.image_size=30", "is not divisible by model.patch_size=7"),
     ("--config.model.mask_ratio=1.0", "mask_ratio"),
     ("--config.model.mask_ratio=0.99", "leaves no visible patch"),
     ("--config.model.masking=grid --config.model.mask_ratio=0.5",
