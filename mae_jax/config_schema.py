@@ -27,6 +27,7 @@ import math
 from typing import Any, Callable, Iterator
 
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 INT, FLOAT, BOOL, STR, PAIR, FLOATS = "int", "float", "bool", "str", "pair", "floats"
 SIZE = "size"  # an integer (a square) or a pair of integers (height, width)
@@ -365,13 +366,6 @@ OPTIONAL_SECTIONS = ("data.video", "ema")
 
 
 # ------------------------------------------------------------------- rules between keys
-
-
-def image_hw(size) -> tuple[int, int]:
-  """``(height, width)`` of a ``data.image_size``: an int (a square) or a pair."""
-  if isinstance(size, (tuple, list)):
-    return int(size[0]), int(size[1])
-  return int(size), int(size)
 
 
 def _size_words(size) -> str:

@@ -112,7 +112,7 @@ def _describe(loaded, split: str) -> dict:
 
 def _check_comparable(a, b):
   from mae_jax.errors import UserError
-  from mae_jax.config_schema import image_hw
+  from mae_jax.sizes import image_hw
   da, db = a.config.data, b.config.data
   (ha, wa), (hb, wb) = image_hw(da.image_size), image_hw(db.image_size)
   if (ha, wa, da.channels) != (hb, wb, db.channels):

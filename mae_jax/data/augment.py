@@ -39,9 +39,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from mae_jax.config_schema import image_hw
 from mae_jax.data import arrays
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 
 def rrc_box(rng: np.random.Generator, height: int, width: int,

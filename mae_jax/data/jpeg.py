@@ -27,9 +27,9 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mae_jax.config_schema import image_hw
 from mae_jax.data import augment
 from mae_jax.errors import CorruptImageError, UserError
+from mae_jax.sizes import image_hw
 
 DRAFT_SCALES = (8, 4, 2)
 # What PIL raises for data it cannot decode (truncated, not an image, too large).

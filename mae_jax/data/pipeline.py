@@ -58,11 +58,11 @@ import types
 import grain
 import numpy as np
 
-from mae_jax.config_schema import image_hw
 from mae_jax.data import arrays, augment
 from mae_jax.data.sources import open_source
 from mae_jax.data.stats import default_stats
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
+from mae_jax.sizes import image_hw
 
 
 _COMPUTED_STATS: dict = {}

@@ -30,10 +30,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mae_jax.config_schema import image_hw
 from mae_jax.errors import CheckpointError, UserError
 from mae_jax.export import names, official
 from mae_jax.export.mae import default_num_heads, set_path
+from mae_jax.sizes import image_hw
 
 LN_EPS = 1e-6
 

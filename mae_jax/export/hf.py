@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from mae_jax import fileio
-from mae_jax.config_schema import image_hw
 from mae_jax.errors import CheckpointError
 from mae_jax.export import official
+from mae_jax.sizes import image_hw
 
 CONFIG = "config.json"
 PROCESSOR = "preprocessor_config.json"

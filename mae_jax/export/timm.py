@@ -24,8 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mae_jax.config_schema import image_hw
 from mae_jax.export import official
+from mae_jax.sizes import image_hw
 
 # Registered timm names; the kwargs override every dimension, so the name only
 # picks the closest family (and its pretrained_cfg metadata).

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mae_jax.config_schema import image_hw
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 SIZES = {
     # name: (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_heads)

@@ -296,7 +296,6 @@ class ClassifierTask:
     state, shardings = create_state(self.model, opt_init, mesh, registry.input_shape(c),
                                     c.seed, self.ema_decay, abstract)
     pixel_stats = pipeline.normalization(c.data, dataset_required=not abstract)
-    self.pixel_dtype = pipeline.pixel_dtype(c.data, dataset_required=not abstract)
     if self.finetune:
       aug = c.data.augment
       fn = finetune_step_fn(self.model, tx, lr_fn, c.seed if step_seed is None else step_seed,
@@ -325,12 +324,18 @@ class ClassifierTask:
     c = self.config
     b, (h, w) = c.batch_size, registry.image_hw(c.data.image_size)
     erase = finetune_augment.erase_params(np.random.default_rng(0), h, w, 0.0)
-    shapes = {"image": (registry.input_shape(c, b), self.pixel_dtype),
+    shapes = {"image": (registry.input_shape(c, b), self.pixel_dtype()),
               "label": ((b,), jnp.int32),
               "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
                       jnp.float32),
               "erase": ((b,) + erase.shape, erase.dtype)}
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in shardings.items()}
+
+  def pixel_dtype(self):
+    """The data's pixel type (uint8 when the dataset is not available here), once."""
+    if not hasattr(self, "_pixel_dtype"):
+      self._pixel_dtype = pipeline.pixel_dtype(self.config.data, dataset_required=False)
+    return self._pixel_dtype
 
   def device_batch(self, host_batch, step: int, shardings: dict) -> dict:
     c = self.config

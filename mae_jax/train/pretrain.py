@@ -44,7 +44,6 @@ class PretrainTask:
     state, shardings = step_lib.create_train_state(self.model, tx, mesh,
                                                    registry.input_shape(c), c.seed, abstract)
     # (a dry run reads no data: the statistics' values do not change the step's memory)
-    self.pixel_dtype = pipeline.pixel_dtype(c.data, dataset_required=not abstract)
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn,
                                           c.seed if step_seed is None else step_seed,
                                           pipeline.normalization(c.data,
@@ -62,7 +61,13 @@ class PretrainTask:
     """What ``device_batch`` returns (the data's pixels: uint8 photos), as a
     ``ShapeDtypeStruct``."""
     return jax.ShapeDtypeStruct(registry.input_shape(self.config, self.config.batch_size),
-                                getattr(self, "pixel_dtype", jnp.uint8), sharding=shardings)
+                                self.pixel_dtype(), sharding=shardings)
+
+  def pixel_dtype(self):
+    """The data's pixel type (uint8 when the dataset is not available here), once."""
+    if not hasattr(self, "_pixel_dtype"):
+      self._pixel_dtype = pipeline.pixel_dtype(self.config.data, dataset_required=False)
+    return self._pixel_dtype
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config
