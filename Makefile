@@ -50,7 +50,7 @@ test: $(VENV)/.test dataset
 # The inner loop (about a minute): the model, masking, losses, schedules, data order,
 # configs and the command line, without the slow tests and those that start processes.
 FAST_TESTS := masking model attention pos_resize optim data finetune_augment uint8_input \
-  video_data loop structure cli
+  video_data loop structure cli multispectral
 test-fast: $(VENV)/.test dataset
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 	  -m "not slow and not multiprocess" $(FAST_TESTS:%=tests/test_%.py)

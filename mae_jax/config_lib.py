@@ -47,6 +47,18 @@ def _arg_value(key: str, value: str | None, default):
                       f"(e.g. {key}={default}).") from None
 
 
+def parse_size(text: str) -> int | tuple[int, int]:
+  """``"224"`` -> 224, ``"64x96"`` -> (64, 96): a ``data.image_size`` (height x width)
+  in a config argument."""
+  try:
+    sides = tuple(int(v) for v in str(text).lower().split("x"))
+  except ValueError:
+    sides = ()
+  if len(sides) not in (1, 2):
+    raise ConfigError(f"image size {text!r} must be N or HEIGHTxWIDTH, e.g. 224 or 64x96.")
+  return sides[0] if len(sides) == 1 else sides
+
+
 def model_config(variant: str) -> ml_collections.ConfigDict:
   dims = registry.variant_dims(variant)
   return ml_collections.ConfigDict(dict(
@@ -139,7 +151,8 @@ def pretrain_defaults(variant: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
       split="train", eval_split="validation", image_size=224, channels=3,
-      mean=(), std=(), num_threads=8, skip_corrupt=False, repeated_sampling=1,
+      image_key="image", mean=(), std=(), num_threads=8, skip_corrupt=False,
+      repeated_sampling=1,
       augment=dict(rrc_scale=(0.2, 1.0), rrc_ratio=(3 / 4, 4 / 3),
                    rrc_sampler="torchvision", rrc_backend="pil", hflip=True)))
   c.batch_size = 4096
@@ -184,8 +197,8 @@ def finetune_defaults(variant: str = "B/16") -> ml_collections.ConfigDict:
       tubelet_size=0, use_cls_token=True, pos_table="sincos"))
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", source="tfds", data_dir="", idx_dir="", download=False,
-      split="train", eval_split="validation", image_size=224, channels=3, mean=(), std=(),
-      num_threads=8, eval_crop_pct=0.875, eval_max_examples=0, skip_corrupt=False,
+      split="train", eval_split="validation", image_size=224, channels=3, image_key="image",
+      mean=(), std=(), num_threads=8, eval_crop_pct=0.875, eval_max_examples=0, skip_corrupt=False,
       augment=dict(rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3),
                    rrc_sampler="torchvision", rrc_backend="pil", hflip=True,
                    rand_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel",

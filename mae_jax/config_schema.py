@@ -27,11 +27,14 @@ import math
 from typing import Any, Callable, Iterator
 
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 INT, FLOAT, BOOL, STR, PAIR, FLOATS = "int", "float", "bool", "str", "pair", "floats"
+SIZE = "size"  # an integer (a square) or a pair of integers (height, width)
 _KIND_WORDS = {INT: "an integer", FLOAT: "a number", BOOL: "True or False",
                STR: "a string", PAIR: "a pair of numbers (low, high)",
-               FLOATS: "a tuple of numbers"}
+               FLOATS: "a tuple of numbers",
+               SIZE: "an integer or a pair of integers (height, width)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Rule:
     bound = self.range_words()
     if self.kind == PAIR:
       return f"{words} with low <= high, each {bound}" if bound else f"{words} with low <= high"
-    if self.kind == FLOATS:
+    if self.kind in (FLOATS, SIZE):
       return f"{words}, each {bound}" if bound else words
     return f"{words} {bound}".strip()
 
@@ -91,7 +94,9 @@ class Rule:
     if self.kind in (INT, FLOAT):
       if not math.isfinite(value) or not self.in_range(value):
         return f"must be {self.expects()}"
-    elif self.kind in (PAIR, FLOATS):
+    elif self.kind in (PAIR, FLOATS, SIZE):
+      if self.kind == SIZE and isinstance(value, int):
+        value = (value,)
       if not all(math.isfinite(x) and self.in_range(x) for x in value):
         return f"must be {self.expects()}"
       if self.kind == PAIR and value[0] > value[1]:
@@ -122,6 +127,10 @@ def _has_kind(kind: str, value) -> bool:
     return isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_number, value))
   if kind == FLOATS:
     return isinstance(value, (tuple, list)) and all(map(_number, value))
+  if kind == SIZE:
+    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
+    return is_int(value) or (isinstance(value, (tuple, list)) and len(value) == 2 and
+                             all(map(is_int, value)))
   raise ValueError(kind)
 
 
@@ -273,8 +282,9 @@ SCHEMA: dict[str, Rule] = {
     "data.download": Bool(),
     "data.split": Name(),
     "data.eval_split": Name(),
-    "data.image_size": Int(1),
-    "data.channels": Int(1, 3, check=lambda c: None if c in (1, 3) else "must be 1 or 3"),
+    "data.image_size": Rule(SIZE, 1, hint="224, or (height, width) such as (64, 96)"),
+    "data.channels": Int(1),
+    "data.image_key": Name(hint="the TFDS feature holding the images"),
     "data.mean": Rule(FLOATS, hint="() : the dataset's statistics"),
     "data.std": Rule(FLOATS, 0, low_open=True, hint="() : the dataset's statistics"),
     "data.num_threads": Int(0),
@@ -358,6 +368,10 @@ OPTIONAL_SECTIONS = ("data.video", "ema")
 # ------------------------------------------------------------------- rules between keys
 
 
+def _size_words(size) -> str:
+  return str(size) if isinstance(size, int) else f"({size[0]}, {size[1]})"
+
+
 def _get(config, dotted: str, default=None):
   node = config
   for part in dotted.split("."):
@@ -387,11 +401,14 @@ def _cross_key_rules(c) -> Iterator[str]:
            f"(num_epochs={epochs}); lower optim.warmup_epochs.")
   # ---- patches and heads
   size, patch = data.image_size, m.patch_size
-  if size % patch:
-    low, high = size - size % patch, size - size % patch + patch
-    yield (f"data.image_size={size} is not divisible by model.patch_size={patch}; use a "
-           f"multiple of {patch} (e.g. {high}{f' or {low}' if low else ''}) or another "
-           "patch size.")
+  for side in sorted(set(image_hw(size)), key=image_hw(size).index):
+    if side % patch:
+      low, high = side - side % patch, side - side % patch + patch
+      what = "" if isinstance(size, int) else f" has a side {side} that"
+      yield (f"data.image_size={_size_words(size)}{what} is not divisible by "
+             f"model.patch_size={patch}; use a multiple of {patch} (e.g. "
+             f"{high}{f' or {low}' if low else ''}) or another patch size.")
+      break
   widths = [("", m.embed_dim, m.num_heads)]
   if task == "pretrain":
     widths.append(("decoder_", m.decoder_embed_dim, m.decoder_num_heads))
@@ -414,6 +431,11 @@ def _cross_key_rules(c) -> Iterator[str]:
   if tubelet and video is not None and video.num_frames % tubelet:
     yield (f"data.video.num_frames={video.num_frames} is not divisible by "
            f"model.tubelet_size={tubelet}.")
+  if video is not None and (not isinstance(data.image_size, int) or
+                            data.channels not in (1, 3)):
+    yield (f"data.image_size={_size_words(data.image_size)}, data.channels={data.channels}: "
+           "clips are read as square frames of 1 or 3 channels; give one int size and "
+           "1 or 3 channels.")
   if not tubelet and m.get("masking", "random") == "tube":
     yield "model.masking=tube needs a video model (model.tubelet_size > 0)."
   # ---- normalisation statistics
@@ -446,6 +468,10 @@ def _cross_key_rules(c) -> Iterator[str]:
       yield "model.drop_path must be 0 for the linear probe (the encoder runs in inference mode)."
     aug = data.augment
     if task == "finetune":
+      if data.channels not in (1, 3) and aug.get("rand_augment", "none") not in ("", "none"):
+        yield (f"data.augment.rand_augment={aug.rand_augment!r}: RandAugment works on 1 or "
+               f"3-channel photos, not data.channels={data.channels}; set "
+               "--config.data.augment.rand_augment=none.")
       if tubelet and aug.get("rand_augment", "none") not in ("", "none"):
         yield (f"data.augment.rand_augment={aug.rand_augment!r} works on images, not clips; "
                "set --config.data.augment.rand_augment=none for a video classifier.")

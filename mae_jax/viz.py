@@ -216,18 +216,22 @@ def _with_header(image: np.ndarray, header, column: int, pad: int) -> np.ndarray
   return np.asarray(canvas)
 
 
-def load_images(paths, size: int, channels: int) -> np.ndarray:
-  """Image files (local or ``gs://``; JPEG, PNG, ...) as uint8 ``[N, size, size,
-  channels]``: the shorter side resized to ``size`` (bicubic), then centre-cropped."""
+def load_images(paths, size, channels: int) -> np.ndarray:
+  """Image files (local or ``gs://``; JPEG, PNG, ...; ``.npy`` or multi-band TIFF
+  arrays for other channel counts) as ``[N, H, W, channels]`` (``size``: an int or
+  ``(H, W)``): resized to cover ``size`` (bicubic), then centre-cropped."""
   from mae_jax import fileio
-  from mae_jax.data import augment, sources
+  from mae_jax.data import arrays, augment, sources
   from mae_jax.errors import CorruptImageError, DataError
   out = []
   for path in paths:
     if not fileio.exists(path):
       raise DataError(f"--images: {path} does not exist.")
     try:
-      image = sources.read_image(path, channels)
+      if channels not in (1, 3) or str(path).lower().endswith(".npy"):
+        image = augment.match_channels(arrays.read_array(path, channels), channels)
+      else:
+        image = sources.read_image(path, channels)
     except CorruptImageError as e:
       raise DataError(f"--images: {e.what} is not an image that can be decoded.") from None
     out.append(augment.center_crop(image, size, crop_pct=1.0))
@@ -243,5 +247,66 @@ def save_png(image: np.ndarray | Image.Image, path: str) -> None:
   fileio.write_bytes(path, buffer.getvalue())
 
 
-def default_scale(height: int) -> int:
+def default_scale(size) -> int:
+  """The pixel repeat of a grid of ``size`` images (an int or ``(height, width)``)."""
+  height = size[0] if isinstance(size, (tuple, list)) else size
   return max(1, 112 // height)
+
+
+def default_bands(channels: int) -> tuple[int, ...] | None:
+  """The bands a grid shows: all of a grey or RGB image (None), else the first three
+  (the first alone for two channels)."""
+  if channels in (1, 3):
+    return None
+  return (0, 1, 2) if channels >= 3 else (0,)
+
+
+def parse_bands(text: str, channels: int) -> tuple[int, ...]:
+  """``"3,2,1"`` -> (3, 2, 1): three band indices (from 0) for a colour composite, or
+  one for a grey image; a ``ValueError`` naming the problem."""
+  try:
+    bands = tuple(int(b) for b in text.split(","))
+  except ValueError:
+    raise ValueError(f"--bands={text} must be band indices such as 3,2,1") from None
+  if len(bands) not in (1, 3):
+    raise ValueError(f"--bands={text} names {len(bands)} bands; give 3 (red, green, blue) "
+                     "or 1 (grey)")
+  bad = [b for b in bands if not 0 <= b < channels]
+  if bad:
+    raise ValueError(f"--bands={text}: band {bad[0]} does not exist; the model's images "
+                     f"have bands 0 to {channels - 1}")
+  return bands
+
+
+def stretch(x: np.ndarray, reference: np.ndarray, low: float = 1.0,
+            high: float = 99.0) -> np.ndarray:
+  """Each channel of ``x`` mapped to [0, 1] between the ``low`` and ``high``
+  percentiles of that channel in ``reference`` (the usual display of sensor bands,
+  whose values fill a small part of their type's range)."""
+  flat = reference.reshape(-1, reference.shape[-1])
+  lo, hi = np.percentile(flat, low, axis=0), np.percentile(flat, high, axis=0)
+  return np.clip((x - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def display_rows(rows: np.ndarray, bands=None, all_bands: bool = False) -> np.ndarray:
+  """Reconstruction rows ``[B, K, H, W, C]`` (``reconstruction_rows``) for
+  ``grid_image``: grey or RGB images as they are; other channel counts (or chosen
+  ``bands``) as a composite of three bands (or one, grey), each band stretched by
+  its percentiles in the originals' column (``stretch``). ``all_bands``: after each
+  composite row, one grey row per band."""
+  channels = rows.shape[-1]
+  if bands is None:
+    bands = default_bands(channels)
+  if bands is None and not all_bands:
+    return rows
+  shown = stretch(rows, rows[:, 0])
+  if rows.shape[1] > 1:  # the masked column's grey fill stays mid-grey
+    hidden = np.any(rows[:, 1] != rows[:, 0], axis=-1)
+    shown[:, 1][hidden] = 0.5
+  out = []
+  for example in shown:
+    picked = example if bands is None else example[..., list(bands)]
+    out.append(np.repeat(picked, 3, -1) if picked.shape[-1] == 1 else picked)
+    if all_bands:
+      out += [np.repeat(example[..., [c]], 3, -1) for c in range(channels)]
+  return np.stack(out)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, load_config, run_cli
 from mae_jax import config_lib, config_schema
-from mae_jax.config_schema import BOOL, FLOAT, FLOATS, INT, PAIR, SCHEMA, STR
+from mae_jax.config_schema import BOOL, FLOAT, FLOATS, INT, PAIR, SCHEMA, SIZE, STR
 from mae_jax.errors import ConfigError
 
 # Shipped configs holding every declared key between them; the first that has a key
@@ -42,7 +42,8 @@ def command_of(base: str) -> str:
 
 def wrong_type(rule):
   """A value of another type than the rule's (as a config file could set it)."""
-  return {INT: "7", FLOAT: "0.5", BOOL: "yes", STR: 3, PAIR: 0.5, FLOATS: "0.5"}[rule.kind]
+  return {INT: "7", FLOAT: "0.5", BOOL: "yes", STR: 3, PAIR: 0.5, FLOATS: "0.5",
+          SIZE: [32, 32.5]}[rule.kind]
 
 
 def out_of_range(rule) -> list[str]:
@@ -60,6 +61,9 @@ def out_of_range(rule) -> list[str]:
     low = rule.low if rule.low is not None else 0.5
     return [f"({low + 0.5},{low + 0.25})",  # reversed
             f"({low - 0.5 if not rule.low_open else low},{low + 0.25})"]
+  if rule.kind == SIZE:  # a square, and a pair (given as (h,w) on the command line)
+    low = int(rule.low)
+    return [str(low - 1), f"({low - 1},{low + 31})", f"({low + 31},{low - 1})"]
   if rule.kind == FLOATS:
     return [f"({rule.low if rule.low_open else rule.low - 1},)"] if rule.low is not None else []
   if rule.kind == STR and not rule.blank:
@@ -175,6 +179,12 @@ def test_a_misspelt_or_missing_key_in_a_config_file_is_one_line(bad_config_file,
     ("pretrain_fmnist", ["data.image_size=30"],
      "data.image_size=30 is not divisible by model.patch_size=4; use a multiple of 4 "
      "(e.g. 32 or 28)"),
+    ("pretrain_fmnist", ["data.image_size=(28,30)"],
+     "data.image_size=(28, 30) has a side 30 that is not divisible by model.patch_size=4"),
+    ("pretrain_fmnist", ["data.image_size=28x30"],
+     "data.image_size=(28, 30) has a side 30 that is not divisible"),
+    ("finetune_fmnist", ["data.channels=4", "data.augment.rand_augment=rand-m9-mstd0.5-inc1"],
+     "RandAugment works on 1 or 3-channel photos"),
     ("pretrain_fmnist", ["model.num_heads=3"],
      "model.embed_dim=128 is not divisible by model.num_heads=3"),
     ("pretrain_fmnist", ["model.decoder_num_heads=5"],
@@ -215,6 +225,14 @@ def test_rules_between_keys(base, overrides, expected, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_size_that_is_no_int_or_pair_on_the_command_line_is_one_line(tmp_path):
+  proc = run_cli("pretrain", "--config=configs/pretrain_fmnist.py",
+                 "--config.data.image_size=(28,30,2)", f"--workdir={tmp_path}/w", "--dry_run")
+  line = one_error_line(proc, "data.image_size")
+  assert "must be an integer or a pair of integers (height, width)" in line, line
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("arg,expected", [
     ("steps=ten", "config argument steps='ten' must be an integer (e.g. steps=1200)"),
     ("steps=-5", "num_train_steps=-5 must be an integer >= 0"),
@@ -240,7 +258,8 @@ def test_the_python_api_checks_the_schema_too():
   from mae_jax.train import classifier, pretrain
   config = load_config("pretrain_fmnist")
   config.data.image_size = 0
-  with pytest.raises(ConfigError, match="data.image_size=0 must be an integer >= 1"):
+  with pytest.raises(ConfigError, match=r"data.image_size=0 must be an integer or a pair of "
+                     r"integers \(height, width\), each >= 1"):
     pretrain.dry_run(config)
   config = load_config("finetune_fmnist")
   config.optim.layer_decay = 0.0

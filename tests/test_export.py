@@ -27,6 +27,15 @@ torch.set_default_dtype(torch.float32)
 PRED_TOL, LOSS_TOL, FEAT_TOL = 1e-5, 1e-6, 1e-5
 # Two tiny architectures: RGB 32x32 (8x8 grid) and grayscale 28x28 (7x7 grid).
 ARCHS = {"rgb32": (32, 3), "gray28": (28, 1)}
+# Four bands, square (8x8 grid) and rectangular 32x48 (8x12 grid): what timm takes
+# (in_chans, img_size=(h, w)) and Hugging Face's ViTMAE (num_channels, square only).
+BANDS = {"bands4": (32, 4), "bands4_rect": ((32, 48), 4)}
+ALL_ARCHS = {**ARCHS, **BANDS}
+
+
+def hw(arch):
+  size = ALL_ARCHS[arch][0]
+  return (size, size) if isinstance(size, int) else size
 TINY = dict(patch_size=4, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
             decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0)
 
@@ -188,10 +197,12 @@ def randomize_torch(module, seed):
 
 
 def make_config(arch, norm_pix_loss=True, **dims):
-  size, channels = ARCHS[arch]
+  size, channels = ALL_ARCHS[arch]
   c = config_lib.pretrain_defaults("tiny/4")
   c.model.update(**{**TINY, **dims}, norm_pix_loss=norm_pix_loss)
-  c.data.update(image_size=size, channels=channels)
+  c.data.update(channels=channels)
+  with c.data.ignore_type():
+    c.data.image_size = size
   return c
 
 
@@ -200,10 +211,10 @@ def random_params(arch):
   """Random values in our tree's shapes: every bias and norm parameter non-trivial."""
   config = make_config(arch)
   model = registry.build_mae(config)
-  size, channels = ARCHS[arch]
+  channels = ALL_ARCHS[arch][1]
   shapes = nn.unbox(jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "masking": jax.random.key(1)},
-      jnp.zeros((1, size, size, channels))))["params"])
+      jnp.zeros((1, *hw(arch), channels))))["params"])
   rng = np.random.default_rng(0)
   paths = jax.tree_util.tree_flatten_with_path(shapes)[0]
 
@@ -216,10 +227,10 @@ def random_params(arch):
 
 @functools.lru_cache(maxsize=None)
 def inputs(arch, batch=3):
-  size, channels = ARCHS[arch]
+  (h, w), channels = hw(arch), ALL_ARCHS[arch][1]
   rng = np.random.default_rng(1)
-  images = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
-  noise = rng.random((batch, (size // 4) ** 2)).astype(np.float32)
+  images = rng.standard_normal((batch, h, w, channels)).astype(np.float32)
+  noise = rng.random((batch, (h // 4) * (w // 4))).astype(np.float32)
   return images, noise
 
 
@@ -338,7 +349,7 @@ def test_in_memory_round_trip_and_transforms():
 
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ARCHS) + ["bands4"])
 def test_hf_parity(tmp_path, arch, norm_pix_loss):
   config = make_config(arch, norm_pix_loss)
   params = random_params(arch)
@@ -347,6 +358,7 @@ def test_hf_parity(tmp_path, arch, norm_pix_loss):
   meta = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert meta["layer_norm_eps"] == 1e-6 and meta["hidden_act"] == "gelu" and meta["qkv_bias"]
   assert meta["norm_pix_loss"] is norm_pix_loss and meta["mask_ratio"] == 0.75
+  assert meta["num_channels"] == ALL_ARCHS[arch][1]
   model, info = ViTMAEForPreTraining.from_pretrained(str(tmp_path / "hf"),
                                                      output_loading_info=True)
   assert not any(info.values()), info
@@ -380,7 +392,7 @@ def test_official_parity(tmp_path, arch, norm_pix_loss):
                 reference_outputs(arch, norm_pix_loss))
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ALL_ARCHS))
 def test_timm_parity(tmp_path, arch):
   config = make_config(arch)
   params = random_params(arch)
@@ -397,8 +409,31 @@ def test_timm_parity(tmp_path, arch):
   ours = jax_features(config, params, images)
   diff = float(np.abs(feats - ours).max())
   print(f"timm {arch}: max |features diff| {diff:.3g}")
-  assert feats.shape == ours.shape == (3, 1 + (ARCHS[arch][0] // 4) ** 2, 64)
+  (h, w), channels = hw(arch), ALL_ARCHS[arch][1]
+  assert feats.shape == ours.shape == (3, 1 + (h // 4) * (w // 4), 64)
+  assert tuple(model.patch_embed.img_size) == (h, w) and model.patch_embed.proj.in_channels == \
+      channels
+  assert meta["pretrained_cfg"]["input_size"] == [channels, h, w]
   assert diff <= FEAT_TOL
+
+
+def test_rectangular_bands_round_trip_through_timm_and_refuse_official_and_hf(tmp_path):
+  """A 4-band 32x48 MAE: its encoder goes to timm and back bit-exactly; the official
+  code (one img_size) and Hugging Face's ViTMAE (square grids) refuse it in one line."""
+  config = make_config("bands4_rect", norm_pix_loss=False)
+  params = random_params("bands4_rect")
+  export.save(params, config, "timm", str(tmp_path / "vit.pth"))
+  back = export.import_file(str(tmp_path / "vit.pth"), "timm", config=config)
+  assert_same_params(params, back.params, only=is_encoder)
+  # without a config the (height, width) comes from the metadata timm reads
+  back = export.import_file(str(tmp_path / "vit.pth"), "timm")
+  assert tuple(back.config.data.image_size) == (32, 48) and back.config.data.channels == 4
+  assert_same_params(params, back.params, only=is_encoder)
+  for fmt, out in (("official", "mae.pth"), ("hf", "hf")):
+    with pytest.raises(CheckpointError, match=rf"cannot export to --format={fmt}: "
+                       r"data.image_size=\(32, 48\) is not square.*use --format=timm"):
+      export.save(params, config, fmt, str(tmp_path / out))
+    assert not (tmp_path / out).exists()
 
 
 def test_exported_tables_match_hf_sincos():

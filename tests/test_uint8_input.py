@@ -36,8 +36,17 @@ def test_to_model_input_is_the_host_normalisation():
   np.testing.assert_allclose(got, augment.normalize(pixels, MEAN, STD), rtol=1e-6, atol=1e-6)
   floats = augment.normalize(pixels, MEAN, STD)
   assert step_lib.to_model_input(floats, None) is floats
-  with pytest.raises(TypeError, match="uint8"):
-    step_lib.to_model_input(floats, (MEAN, STD))
+  # uint16 pixels are normalised in units of 65535, float32 pixels as they are
+  wide = (pixels.astype(np.uint16) * 257).astype(np.uint16)
+  got = np.asarray(jax.jit(lambda x: step_lib.to_model_input(x, (MEAN, STD)))(wide))
+  np.testing.assert_allclose(got, (wide / 65535.0 - np.float32(MEAN)) / np.float32(STD),
+                             rtol=1e-5, atol=1e-5)
+  raw = pixels.astype(np.float32)
+  got = np.asarray(jax.jit(lambda x: step_lib.to_model_input(x, (MEAN, STD)))(raw))
+  np.testing.assert_allclose(got, (raw - np.float32(MEAN)) / np.float32(STD), rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(TypeError, match="uint8, uint16 or float32"):
+    step_lib.to_model_input(pixels.astype(np.int32), (MEAN, STD))
 
 
 def test_pretrain_step_on_uint8_equals_float_input():

@@ -76,7 +76,7 @@ def random_params(config, seed: int = 0):
   model = registry.build_mae(config)
   key = jax.random.key(seed)
   rngs = {"params": jax.random.fold_in(key, 0), "masking": jax.random.fold_in(key, 1)}
-  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+  shape = registry.input_shape(config)
   from mae_jax.analysis.hooks import jit
   params = jit(lambda r: model.init(r, jnp.zeros(shape, jnp.float32))["params"])(rngs)
   return model, nn.unbox(params)
@@ -112,12 +112,13 @@ def _describe(loaded, split: str) -> dict:
 
 def _check_comparable(a, b):
   from mae_jax.errors import UserError
+  from mae_jax.sizes import image_hw
   da, db = a.config.data, b.config.data
-  if (da.image_size, da.channels) != (db.image_size, db.channels):
+  (ha, wa), (hb, wb) = image_hw(da.image_size), image_hw(db.image_size)
+  if (ha, wa, da.channels) != (hb, wb, db.channels):
     raise UserError(
         f"--compare needs models of the same input: {a.workdir} takes "
-        f"{da.image_size}x{da.image_size}x{da.channels} images, {b.workdir} "
-        f"{db.image_size}x{db.image_size}x{db.channels}.")
+        f"{ha}x{wa}x{da.channels} images, {b.workdir} {hb}x{wb}x{db.channels}.")
   if da.get("name") != db.get("name"):
     logging.warning("the two workdirs were trained on different datasets (%s, %s); both "
                     "are analysed on %s", da.get("name"), db.get("name"), da.get("name"))

@@ -83,8 +83,10 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
   bare ``KeyError`` for a misspelt ``--config.KEY``; neither helps a user.
   """
   try:
+    argv, sizes = _size_overrides(argv)
     args = fv(argv)
     _refuse_blank_values(fv)
+    _apply_size_overrides(fv, sizes)
     return args
   except flags.Error as e:
     config_arg = next((a for a in argv if a.startswith("--config=")), None)
@@ -113,6 +115,56 @@ def parse_flags_or_exit(fv: flags.FlagValues, argv: list[str]) -> list[str]:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _size_overrides(argv: list[str]) -> tuple[list[str], dict]:
+  """``--config.KEY=(H, W)`` (or ``HxW``) for a key the schema declares a size (an
+  integer or a pair): ml_collections parses an override by the type of the file's
+  value, so a pair given for an integer is taken out of ``argv`` here and set after
+  the file is loaded (``_apply_size_overrides``). An integer stays where it is."""
+  from mae_jax import config_schema
+  rest, sizes = [], {}
+  for arg in argv:
+    key, eq, value = arg[len("--config."):].partition("=") if arg.startswith(
+        "--config.") else ("", "", "")
+    rule = config_schema.SCHEMA.get(key)
+    if eq and rule is not None and rule.kind == config_schema.SIZE and \
+        not value.strip().isdigit():
+      sizes[key] = _parse_size(key, value)
+    else:
+      rest.append(arg)
+  return rest, sizes
+
+
+def _parse_size(key: str, text: str):
+  import ast
+  spelled = text.strip().lower().replace("x", ",")
+  try:
+    value = ast.literal_eval(spelled if "," in spelled else text.strip())
+  except (ValueError, SyntaxError):
+    value = None
+  if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+      isinstance(v, int) and not isinstance(v, bool) for v in value):
+    return tuple(value)
+  raise UserError(f"--config.{key}={text} must be an integer or a pair of integers "
+                  "(height, width), e.g. 224 or (64,96).")
+
+
+def _apply_size_overrides(fv: flags.FlagValues, sizes: dict) -> None:
+  if not sizes:
+    return
+  config = fv.config
+  for key, value in sizes.items():
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
+        raise KeyError(key)
+      node = node[part]
+    if last not in node:
+      raise KeyError(key)
+    with node.ignore_type():
+      node[last] = value
 
 
 def _user_error_in(e: BaseException) -> UserError | None:

@@ -1,5 +1,6 @@
 """mae-jax visualize --workdir=DIR --out=PNG [--num_images=N] [--split=test] [--seed=S]
-                  [--images a.jpg b.png ...] [--mask_ratio=R] [--patch_stats=visible|true]"""
+                  [--images a.jpg b.png ...] [--mask_ratio=R] [--patch_stats=visible|true]
+                  [--bands=3,2,1] [--all_bands]"""
 from __future__ import annotations
 
 import logging
@@ -29,6 +30,13 @@ def define_flags(fv, argv):
       "patches around it; 'true' uses the hidden patches' own statistics (the official "
       "visualisation; part of the answer, so the picture flatters the model).",
       flag_values=fv)
+  flags.DEFINE_string(
+      "bands", None, "Images of other than 1 or 3 channels (multispectral): the bands of "
+      "the colour composite, red,green,blue as indices from 0 (e.g. 3,2,1 for "
+      "Sentinel-2's B4,B3,B2), or one band for grey (default: the first three). Each band "
+      "is stretched between its 1st and 99th percentile in the originals.", flag_values=fv)
+  flags.DEFINE_bool("all_bands", False, "After each composite row, one grey row per band.",
+                    flag_values=fv)
   flags.mark_flags_as_required(["workdir", "out"], flag_values=fv)
 
 
@@ -59,6 +67,12 @@ def run(fv, args):
       raise UserError(f"--mask_ratio={fv.mask_ratio} must be in (0, 1).")
     model = model.clone(mask_ratio=fv.mask_ratio)
   tubelet = registry.tubelet_size(cfg)
+  bands = None
+  if fv.bands is not None:
+    try:
+      bands = viz.parse_bands(fv.bands, int(cfg.data.channels))
+    except ValueError as e:
+      raise UserError(f"{e}.") from None
   if fv.images:
     mean, std = pipeline.normalization(cfg.data, dataset_required=False)
     pixels = viz.load_images(fv.images + extra, cfg.data.image_size, cfg.data.channels)
@@ -79,6 +93,7 @@ def run(fv, args):
                                  bool(cfg.model.get("norm_pix_per_channel", False)),
                                  patch_stats=fv.patch_stats)
   header = viz.reconstruction_header(norm_pix, fv.patch_stats, clips=bool(tubelet))
+  rows = viz.display_rows(rows, bands, fv.all_bands)
   viz.save_png(viz.grid_image(rows, scale=viz.default_scale(cfg.data.image_size),
                               header=header), fv.out)
   logging.info("wrote %s (step %d, mask ratio %.2f, loss on these images %.4f; %s: %s)",

@@ -19,8 +19,16 @@ The crop is decoded and resized by one of two backends (``data.augment.rrc_backe
   ``pip install 'mae_jax[fast]'``; torch runs with one intra-op thread in the
   process that uses it (the input pipeline's workers are its parallelism).
 
-Transforms return uint8 images; normalisation happens on the device
-(``mae_jax.train.step.to_model_input``), so batches travel as uint8.
+Images with other channel counts than 1 or 3, or of uint16 or float32 pixels, are
+cropped and resized in NumPy (``mae_jax.data.arrays``, PIL's filter band by band).
+
+``size`` is an int (a square) or ``(height, width)``; the crop box's aspect ratio
+is drawn around the output's (``target_ratio``), so a crop keeps the shape the
+config asks for (a square output: ``rrc_ratio`` as given).
+
+Transforms return images of the source's pixel type (uint8 for photos);
+normalisation happens on the device (``mae_jax.train.step.to_model_input``), so
+batches travel as uint8 (uint16 stays uint16).
 """
 from __future__ import annotations
 
@@ -31,7 +39,9 @@ import math
 import numpy as np
 from PIL import Image
 
+from mae_jax.data import arrays
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 
 def rrc_box(rng: np.random.Generator, height: int, width: int,
@@ -130,8 +140,23 @@ def _torch():
   return torch
 
 
-def torch_resize(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
-  """uint8 ``[h, w, C]`` -> ``[size, size, C]`` with torch's antialiased bicubic
+def target_ratio(ratio, size) -> tuple[float, float]:
+  """RandomResizedCrop's aspect-ratio range (width / height) for an output of ``size``:
+  ``ratio`` times the output's own aspect, so a ``(64, 96)`` output draws boxes about
+  1.5 times as wide as high (a square output: ``ratio`` unchanged)."""
+  h, w = image_hw(size)
+  return (ratio[0] * w / h, ratio[1] * w / h) if h != w else tuple(ratio)
+
+
+def uses_arrays(image) -> bool:
+  """Whether ``image`` is cropped and resized in NumPy (``arrays``): not 1 or 3
+  channels of uint8, which PIL holds."""
+  return not hasattr(image, "random_resized_crop") and (
+      image.dtype != np.uint8 or image.shape[-1] not in (1, 3))
+
+
+def torch_resize(image: np.ndarray, size, flip: bool = False) -> np.ndarray:
+  """uint8 ``[h, w, C]`` -> ``[H, W, C]`` (``size``: an int or ``(H, W)``) with torch's antialiased bicubic
   (``interpolate(..., antialias=True)``; its uint8 kernel follows PIL's filter),
   mirrored left-right if ``flip``."""
   torch = _torch()
@@ -139,21 +164,26 @@ def torch_resize(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray
   # An NCHW view of channels-last memory (batch stride first, so torch sees it as
   # such): the output is channels-last too, an HWC array without a transposing copy.
   x = torch.from_numpy(image)[None].permute(0, 3, 1, 2)
-  y = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True)
+  y = torch.nn.functional.interpolate(x, size=image_hw(size), mode="bicubic",
+                                      antialias=True)
   y = y[0].permute(1, 2, 0)
   return np.ascontiguousarray((y.flip(1) if flip else y).numpy())
 
 
-def resize_crop(image: np.ndarray, box, size: int, backend: str = "pil",
+def resize_crop(image: np.ndarray, box, size, backend: str = "pil",
                 flip: bool = False) -> np.ndarray:
   """The ``(top, left, h, w)`` crop of a uint8 ``[H, W, C]`` array resized to
-  ``size x size`` (antialiased bicubic) and mirrored if ``flip``: torchvision's
-  ``resized_crop`` with PIL, or the same with torch's kernel (``backend="fast"``)."""
+  ``size`` (antialiased bicubic) and mirrored if ``flip``: torchvision's
+  ``resized_crop`` with PIL, or the same with torch's kernel (``backend="fast"``);
+  other channel counts and pixel types in NumPy (``arrays.resized_crop``)."""
+  if uses_arrays(image):
+    return arrays.resized_crop(image, box, image_hw(size), flip)
   top, left, h, w = box
   crop = image[top:top + h, left:left + w]
   if backend == "fast":
     return torch_resize(crop, size, flip)
-  return pil_to_array(_to_pil(crop).resize((size, size), Image.BICUBIC), flip)
+  out_h, out_w = image_hw(size)
+  return pil_to_array(_to_pil(crop).resize((out_w, out_h), Image.BICUBIC), flip)
 
 
 def flip_draw(rng: np.random.Generator, hflip: bool) -> bool:
@@ -161,7 +191,7 @@ def flip_draw(rng: np.random.Generator, hflip: bool) -> bool:
   return bool(hflip and rng.random() < 0.5)
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3),
                         sampler: str = "torchvision", backend: str = "pil",
                         hflip: bool = False) -> np.ndarray:
@@ -169,32 +199,39 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
   crop box and one flip per image; a clip ``[T, H, W, C]`` gets them on every frame."""
   if hasattr(image, "random_resized_crop"):  # still encoded: mae_jax.data.jpeg.JpegImage
     return image.random_resized_crop(rng, size, scale, ratio, sampler, backend, hflip)
-  box = rrc_sampler(sampler)(rng, image.shape[-3], image.shape[-2], scale, ratio)
+  box = rrc_sampler(sampler)(rng, image.shape[-3], image.shape[-2], scale,
+                             target_ratio(ratio, size))
   flip = flip_draw(rng, hflip)
-  if tuple(box) == (0, 0, size, size) == (0, 0) + image.shape[-3:-1]:
+  if tuple(box) == (0, 0) + image_hw(size) == (0, 0) + image.shape[-3:-1]:
     return image[..., ::-1, :] if flip else image  # the whole image at its own size
   if image.ndim == 4:
     return np.stack([resize_crop(frame, box, size, backend, flip) for frame in image])
   return resize_crop(image, box, size, backend, flip)
 
 
-def crop_flip(image, rng: np.random.Generator, size: int, channels: int, hflip: bool,
+def crop_flip(image, rng: np.random.Generator, size, channels: int, hflip: bool,
               **rrc) -> np.ndarray:
-  """RandomResizedCrop (``rrc_options``) and the flip: a contiguous uint8
-  ``[size, size, channels]`` array (``[T, size, size, channels]`` for a clip)."""
+  """RandomResizedCrop (``rrc_options``) and the flip: a contiguous
+  ``[H, W, channels]`` array of the image's pixel type (``[T, H, W, channels]`` for a
+  clip)."""
   image = random_resized_crop(image, rng, size, hflip=hflip, **rrc)
   return match_channels(np.ascontiguousarray(image), channels)
 
 
-def center_crop(image: np.ndarray, size: int, crop_pct: float = 0.875) -> np.ndarray:
+def center_crop(image: np.ndarray, size, crop_pct: float = 0.875) -> np.ndarray:
   """Eval transform: identity at the right size, else resize shorter side + centre crop
-  (every frame of a clip alike)."""
+  (every frame of a clip alike). A ``(height, width)`` size or an image PIL cannot
+  hold: ``arrays.center_crop`` (aspect ratio kept, the centre cut out)."""
   image = np.asarray(image)  # decodes an encoded image
   if image.ndim == 4:
     return np.stack([center_crop(frame, size, crop_pct) for frame in image])
   h, w = image.shape[:2]
-  if (h, w) == (size, size):
+  out_h, out_w = image_hw(size)
+  if (h, w) == (out_h, out_w):
     return image
+  if out_h != out_w or uses_arrays(image):
+    return arrays.center_crop(image, (out_h, out_w), crop_pct)
+  size = out_h
   short = int(size / crop_pct)
   scale = short / min(h, w)
   nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -212,8 +249,11 @@ def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-  mean = np.asarray(mean, np.float32) * 255.0
-  std = np.asarray(std, np.float32) * 255.0
+  """``(pixels - mean) / std`` as float32, ``mean/std`` in units of the pixel type's
+  range (``arrays.pixel_scale``: 255 for uint8, 65535 for uint16, 1 for float32)."""
+  scale = arrays.pixel_scale(image.dtype)
+  mean = np.asarray(mean, np.float32) * scale
+  std = np.asarray(std, np.float32) * scale
   if image.ndim >= 2 and mean.shape == std.shape == image.shape[-1:]:
     # The same arithmetic on rows of W*C values: NumPy broadcasting over a last
     # axis of 3 is ~4x slower (it was a fifth of the JPEG pipeline's time).

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mae_jax.data import augment
 from mae_jax.errors import CorruptImageError, UserError
+from mae_jax.sizes import image_hw
 
 DRAFT_SCALES = (8, 4, 2)
 # What PIL raises for data it cannot decode (truncated, not an image, too large).
@@ -68,15 +69,17 @@ def decode(data: bytes, channels: int = 3) -> np.ndarray:
   return augment.pil_to_array(image if image.mode == mode else image.convert(mode))
 
 
-def draft_scale(crop_h: int, crop_w: int, size: int) -> int:
-  """The largest DCT reduction (8, 4, 2 or 1) that keeps the crop >= ``size`` pixels."""
+def draft_scale(crop_h: int, crop_w: int, size) -> int:
+  """The largest DCT reduction (8, 4, 2 or 1) that keeps the crop >= ``size`` pixels
+  (an int or ``(height, width)``)."""
+  out_h, out_w = image_hw(size)
   for scale in DRAFT_SCALES:
-    if crop_h >= scale * size and crop_w >= scale * size:
+    if crop_h >= scale * out_h and crop_w >= scale * out_w:
       return scale
   return 1
 
 
-def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
+def random_resized_crop(data: bytes, rng: np.random.Generator, size,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), channels: int = 3,
                         draft: bool = True, sampler: str = "torchvision",
                         backend: str = "pil", hflip: bool = False) -> np.ndarray:
@@ -91,7 +94,8 @@ def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
   else:
     image, colorspace = _open(data), None
     width, height = image.size
-  box = augment.rrc_sampler(sampler)(rng, height, width, scale, ratio)
+  box = augment.rrc_sampler(sampler)(rng, height, width, scale,
+                                     augment.target_ratio(ratio, size))
   flip = augment.flip_draw(rng, hflip)
   reduction = draft_scale(box[2], box[3], size) if draft else 1
   if backend == "fast" and reduction == 1:
@@ -101,10 +105,12 @@ def random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
   return _pil_crop(_open(data) if image is None else image, mode, box, reduction, size, flip)
 
 
-def _pil_crop(image: Image.Image, mode: str, box, reduction: int, size: int,
+def _pil_crop(image: Image.Image, mode: str, box, reduction: int, size,
               flip: bool) -> np.ndarray:
-  """Decode (at 1/``reduction`` when > 1), crop ``box`` and resize with PIL."""
+  """Decode (at 1/``reduction`` when > 1), crop ``box`` and resize with PIL to ``size``
+  (an int or ``(height, width)``)."""
   width, height = image.size
+  out_h, out_w = image_hw(size)
   top, left, h, w = box
   if reduction > 1 or mode == "L":
     # draft() picks the largest power of two <= min(W // w', H // h') and says which;
@@ -116,10 +122,10 @@ def _pil_crop(image: Image.Image, mode: str, box, reduction: int, size: int,
     image = image.convert(mode)
   if reduction == 1:  # torchvision's resized_crop: crop, then resize
     image = image.crop((left, top, left + w, top + h))
-    return augment.pil_to_array(image.resize((size, size), Image.BICUBIC), flip)
+    return augment.pil_to_array(image.resize((out_w, out_h), Image.BICUBIC), flip)
   # sub-pixel box coordinates in the reduced image
   box = (left / reduction, top / reduction, (left + w) / reduction, (top + h) / reduction)
-  return augment.pil_to_array(image.resize((size, size), Image.BICUBIC, box=box), flip)
+  return augment.pil_to_array(image.resize((out_w, out_h), Image.BICUBIC, box=box), flip)
 
 
 # simplejpeg converts these to RGB or grey as PIL does; others (CMYK, YCCK) go to PIL.
@@ -186,7 +192,7 @@ class JpegImage:
     out = self._decoding(decode, self.channels)
     return out if dtype is None else out.astype(dtype)
 
-  def random_resized_crop(self, rng: np.random.Generator, size: int, scale=(0.2, 1.0),
+  def random_resized_crop(self, rng: np.random.Generator, size, scale=(0.2, 1.0),
                           ratio=(3 / 4, 4 / 3), sampler: str = "torchvision",
                           backend: str = "pil", hflip: bool = False) -> np.ndarray:
     return self._decoding(random_resized_crop, rng, size, scale, ratio, self.channels, True,

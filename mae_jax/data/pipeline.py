@@ -29,10 +29,18 @@ pretraining and the linear probe, ``finetune_augment.train_transform`` for
 fine-tuning). Evaluation batches (``eval_batches``) follow the same rule: global
 batch ``k`` is examples ``[k*B, (k+1)*B)`` of the split in order, padded.
 
-Batches hold uint8 images: the trainer normalises them inside the jitted step
-(``mae_jax.train.step.to_model_input``), so a step moves a quarter of the bytes
-of float32 to the device. ``eval_arrays`` (whole arrays for grids and probes)
-returns normalised floats.
+Batches hold the source's pixels (uint8 photos; uint16 or float32 arrays travel as
+they are): the trainer normalises them inside the jitted step
+(``mae_jax.train.step.to_model_input``), so a step moves a quarter (uint16: half)
+of the bytes of float32 to the device. ``eval_arrays`` (whole arrays for grids and
+probes) returns normalised floats.
+
+Normalisation statistics: ``data.mean/std`` when given, else the source's own
+(ImageNet's for RGB photos), else, for data without known statistics (a source
+whose ``mean`` is None: multispectral bands, 16-bit sensors), the per-channel
+statistics of the training split (``arrays.channel_stats``). ``resolve_stats``
+writes those into the config before a run saves its ``config.json``, so every
+later task and ``visualize`` use the same values.
 
 An image that cannot be decoded stops the run with a ``CorruptImageError`` naming
 it; with ``data.skip_corrupt`` it is logged, counted and replaced in training by
@@ -50,15 +58,61 @@ import types
 import grain
 import numpy as np
 
-from mae_jax.data import augment
+from mae_jax.data import arrays, augment
 from mae_jax.data.sources import open_source
 from mae_jax.data.stats import default_stats
 from mae_jax.errors import ConfigError, CorruptImageError, DataError
+from mae_jax.sizes import image_hw
+
+
+_COMPUTED_STATS: dict = {}
+
+
+def computed_stats(data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel statistics of ``data.split`` (``arrays.channel_stats``), computed once
+  per process for a dataset."""
+  key = (data_config.source, data_config.name, data_config.data_dir, data_config.split,
+         int(data_config.channels), data_config.get("image_key", "image"))
+  if key not in _COMPUTED_STATS:
+    source = open_source(data_config, data_config.split)
+    logging.info("computing data.mean/std from up to %d images of %s",
+                 arrays.STATS_MAX_IMAGES, source.name)
+    _COMPUTED_STATS[key] = arrays.channel_stats(source)
+    logging.info("data.mean=%s data.std=%s", *_COMPUTED_STATS[key])
+  return _COMPUTED_STATS[key]
+
+
+def resolve_stats(data_config) -> bool:
+  """Sets ``data.mean/std`` to the training split's statistics when the config gives
+  none and the data have no known ones; True when it did."""
+  if data_config.mean or "video" in data_config:
+    return False
+  source = open_source(data_config, data_config.split)
+  if source.mean is not None:
+    return False
+  mean, std = computed_stats(data_config)
+  with data_config.unlocked(), data_config.ignore_type():
+    data_config.mean, data_config.std = mean, std
+  return True
+
+
+def pixel_dtype(data_config, dataset_required: bool = True) -> np.dtype:
+  """The pixel type of the data's batches (uint8 when the dataset is not available
+  and ``dataset_required`` is False)."""
+  try:
+    return np.dtype(getattr(open_source(data_config, data_config.split), "dtype", np.uint8))
+  except DataError:
+    if dataset_required:
+      raise
+    return np.dtype(np.uint8)
 
 
 def normalization_stats(source, data_config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  mean = tuple(data_config.mean) if data_config.mean else tuple(source.mean)
-  std = tuple(data_config.std) if data_config.std else tuple(source.std)
+  if not data_config.mean and source.mean is None:
+    mean, std = computed_stats(data_config)
+  else:
+    mean = tuple(data_config.mean) if data_config.mean else tuple(source.mean)
+    std = tuple(data_config.std) if data_config.std else tuple(source.std)
   channels = data_config.channels
   if len(mean) == 1 and channels > 1:
     mean, std = mean * channels, std * channels
@@ -69,8 +123,6 @@ def normalization_stats(source, data_config) -> tuple[tuple[float, ...], tuple[f
 
 
 def check_channels(source, channels: int):
-  if channels not in (1, 3):
-    raise ConfigError(f"data.channels must be 1 or 3, got {channels}.")
   if source.channels != channels and source.channels != 1:
     raise ConfigError(f"data.channels={channels} but {source.name} images have "
                       f"{source.channels} channels; set --config.data.channels="
@@ -152,10 +204,10 @@ def _eval_transform(record: dict, *, size, channels, crop_pct=0.875) -> dict:
 
 
 def example_shape(data_config) -> tuple[int, ...]:
-  """Shape of one transformed example: ``(S, S, C)``, or ``(T, S, S, C)`` for a clip
+  """Shape of one transformed example: ``(H, W, C)``, or ``(T, H, W, C)`` for a clip
   dataset (a ``data.video`` section)."""
   frames = (int(data_config.video.num_frames),) if "video" in data_config else ()
-  return frames + (int(data_config.image_size),) * 2 + (int(data_config.channels),)
+  return frames + image_hw(data_config.image_size) + (int(data_config.channels),)
 
 
 def stack_records(records):
@@ -325,7 +377,8 @@ def eval_batches(data_config, split: str, *, global_batch: int, rows=None,
   size, channels = data_config.image_size, data_config.channels
   transform = functools.partial(_eval_transform, size=size, channels=channels,
                                 crop_pct=float(data_config.get("eval_crop_pct", 0.875)))
-  padding = {"image": np.zeros(example_shape(data_config), np.uint8), "label": np.int32(0),
+  padding = {"image": np.zeros(example_shape(data_config),
+                               getattr(source, "dtype", np.uint8)), "label": np.int32(0),
              "valid": np.bool_(False)}
   records = Records(source, data_config.get("skip_corrupt", False))
 

@@ -5,8 +5,12 @@ folders of image files (``DIR/<split>/<class>/<image>``, torchvision's ImageFold
 (``mae_jax.data.moving_fmnist``), TFDS video datasets (``mae_jax.data.video``,
 when the config has ``data.video``) and video files (``mae_jax.data.video_files``).
 
-Every source has ``len()``, ``[i] -> {"image": uint8 [H, W, C], "label": int}``,
-``num_classes``, ``channels`` and per-channel ``mean``/``std`` in [0, 1] units.
+Every source has ``len()``, ``[i] -> {"image": [H, W, C], "label": int}``,
+``num_classes``, ``channels``, the pixel type ``dtype`` (uint8, uint16 or float32:
+``mae_jax.data.arrays``) and per-channel ``mean``/``std`` in units of the type's
+range, or ``None`` for data without known statistics (multispectral bands, 16-bit
+sensors): the pipeline then computes them from the training split
+(``pipeline.resolve_stats``).
 They feed the same grain pipeline (``mae_jax.data.pipeline``). An image that
 cannot be decoded raises ``CorruptImageError`` naming the file or record.
 """
@@ -22,7 +26,7 @@ import struct
 import numpy as np
 
 from mae_jax import fileio
-from mae_jax.data import moving_fmnist, video, video_files
+from mae_jax.data import arrays, moving_fmnist, video, video_files
 from mae_jax.data.decode import decode_image, image_mode
 from mae_jax.data.stats import FASHION_MNIST_MEAN, FASHION_MNIST_STD, default_stats
 from mae_jax.data.tfds_split import open_tfds
@@ -105,6 +109,10 @@ class ArraySource:
   def channels(self) -> int:
     return self.images.shape[-1]
 
+  @property
+  def dtype(self) -> np.dtype:
+    return self.images.dtype
+
   def __len__(self) -> int:
     return len(self.images)
 
@@ -136,22 +144,42 @@ class TfdsSource:
   A JPEG-encoded ``image`` feature is not decoded here: records carry a
   ``mae_jax.data.jpeg.JpegImage`` and the augmentation decodes only what its crop
   needs (``decode_jpeg_lazily = False`` restores TFDS's full decode).
+
+  ``image_key`` names the feature holding the pixels: an ``Image`` or a
+  ``Tensor`` of shape ``[H, W, C]`` with any number of channels, of uint8, uint16
+  or float32 (e.g. ``eurosat/all``'s 13 Sentinel-2 bands, ``sentinel2``).
   """
   decode_jpeg_lazily = True
 
-  def __init__(self, name: str, split: str, data_dir: str | None, download: bool):
+  def __init__(self, name: str, split: str, data_dir: str | None, download: bool,
+               image_key: str = "image"):
     import tensorflow_datasets as tfds
+    self.image_key = image_key
 
     def decoders(info):
-      self._lazy_jpeg = (self.decode_jpeg_lazily and "image" in info.features and
-                         getattr(info.features["image"], "encoding_format", None) == "jpeg")
-      return {"image": tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
+      feature = info.features[image_key] if image_key in info.features else None
+      self._lazy_jpeg = (self.decode_jpeg_lazily and
+                         getattr(feature, "encoding_format", None) == "jpeg")
+      return {image_key: tfds.decode.SkipDecoding()} if self._lazy_jpeg else None
     info, self._source = open_tfds(name, split, data_dir, download, decoders)
     self.name = name
+    if image_key not in info.features:
+      raise DataError(f"TFDS dataset {name!r} has no feature {image_key!r}; its features "
+                      f"are {', '.join(info.features)}: set --config.data.image_key to the "
+                      "one holding the images.")
+    feature = info.features[image_key]
     self.num_classes = info.features["label"].num_classes if "label" in info.features else 0
-    shape = info.features["image"].shape
-    self.channels = shape[-1] if shape[-1] else 3
-    self.mean, self.std = default_stats(name, self.channels)
+    shape = feature.shape
+    if len(shape) not in (2, 3):
+      raise DataError(f"TFDS feature {name}:{image_key} has shape {shape}; images are "
+                      "[H, W, C] (or [H, W]).")
+    self.channels = (shape[-1] or 3) if len(shape) == 3 else 1
+    self.dtype = np.dtype(getattr(feature, "np_dtype", np.uint8))
+    arrays.pixel_scale(self.dtype)  # a clear error for a type mae_jax does not read
+    if self.channels in (1, 3) and self.dtype == np.uint8:
+      self.mean, self.std = default_stats(name, self.channels)
+    else:  # bands and sensors without known statistics: the training split's
+      self.mean = self.std = None
 
   def __len__(self) -> int:
     return len(self._source)
@@ -160,9 +188,10 @@ class TfdsSource:
     record = self._source[index]
     if self._lazy_jpeg:
       from mae_jax.data import jpeg
-      image = jpeg.JpegImage(record["image"], self.channels, f"{self.name}: record {index}")
+      image = jpeg.JpegImage(record[self.image_key], self.channels,
+                             f"{self.name}: record {index}")
       return {"image": image, "label": int(record.get("label", -1))}
-    image = np.asarray(record["image"])
+    image = np.asarray(record[self.image_key])
     if image.ndim == 2:
       image = image[..., None]
     return {"image": image, "label": int(record.get("label", -1))}
@@ -235,7 +264,7 @@ class FolderSource:
   attributes below.
   """
 
-  extensions = IMG_EXTENSIONS
+  extensions = IMG_EXTENSIONS + (".npy",)
   source = "folder"   # the data.source that reads it, for the messages
   kind = "image"
 
@@ -262,9 +291,30 @@ class FolderSource:
     self.samples = [(path, self.class_to_idx[c]) for c in own_classes for path in files[c]]
     self.num_classes = len(self.classes)
     self.channels = channels
-    image_mode(channels)
-    self.mean, self.std = default_stats("", channels)
+    self.dtype = np.dtype(np.uint8)
+    self.arrays = self.kind == "image" and self._reads_arrays()
+    if self.arrays:  # NumPy arrays, statistics computed from the training split
+      self.dtype = arrays.read_array(self.samples[0][0], channels).dtype
+      self.mean = self.std = None
+    else:
+      image_mode(channels)
+      self.mean, self.std = default_stats("", channels)
 
+  def _reads_arrays(self) -> bool:
+    """Whether the images are read as arrays (``arrays.read_array``): ``.npy`` files,
+    or any channel count PIL cannot hold (then ``.npy`` or TIFF files, read by
+    tifffile). Folders of 1 or 3-channel photos are read as before (PIL)."""
+    paths = [p for p, _ in self.samples]
+    has_npy = any(p.lower().endswith(".npy") for p in paths)
+    if not has_npy and self.channels in (1, 3):
+      return False
+    others = [p for p in paths if not p.lower().endswith(arrays.ARRAY_EXTENSIONS)]
+    if others:
+      raise DataError(f"{self.name}: {others[0]} is not an array file; with "
+                      f"{'.npy files' if has_npy else f'data.channels={self.channels}'} "
+                      f"every image must be a .npy or multi-band TIFF file "
+                      f"({len(others)} are not).")
+    return True
   def _label_classes(self, root, split, classes_split, own_classes):
     if not classes_split or classes_split == split:
       return own_classes
@@ -286,6 +336,12 @@ class FolderSource:
 
   def __getitem__(self, index: int) -> dict:
     path, label = self.samples[index]
+    if self.arrays:
+      image = arrays.read_array(path, self.channels)
+      if image.dtype != self.dtype:
+        raise DataError(f"{path} holds {image.dtype.name} pixels, the folder's first "
+                        f"image {self.dtype.name}; give every image the same type.")
+      return {"image": image, "label": label}
     return {"image": read_image(path, self.channels, lazy_jpeg=True), "label": label}
 
 
@@ -354,7 +410,8 @@ def _open_tfds(data_config, split: str):
   if "video" in data_config:
     return video.TfdsVideoSource(data_config, split)
   return TfdsSource(data_config.name, split, data_config.data_dir,
-                    download=data_config.download)
+                    download=data_config.download,
+                    image_key=data_config.get("image_key", "image"))
 
 
 def _open_idx(data_config, split: str):

@@ -33,6 +33,7 @@ import numpy as np
 from mae_jax.errors import CheckpointError, UserError
 from mae_jax.export import names, official
 from mae_jax.export.mae import default_num_heads, set_path
+from mae_jax.sizes import image_hw
 
 LN_EPS = 1e-6
 
@@ -112,9 +113,14 @@ def to_torch_state_dict(params, batch_stats, config, fmt: str) -> dict[str, np.n
 
 def metadata(config, fmt: str) -> dict:
   m, d = config.model, config.data
-  size, channels, classes = int(d.image_size), int(d.channels), int(config.num_classes)
+  (h, w), channels, classes = image_hw(d.image_size), int(d.channels), int(config.num_classes)
+  size = h if h == w else [h, w]  # timm and Hugging Face's ViT take (height, width)
   avg = m.pool == "avg"
   if fmt == "official":
+    if h != w:
+      raise CheckpointError(f"cannot export to --format=official: data.image_size=({h}, {w}) "
+                            "is not square and the official models_vit.py takes one "
+                            "img_size; use --format=timm or hf.")
     return {"model": "models_vit.VisionTransformer",
             "kwargs": dict(img_size=size, patch_size=int(m.patch_size), in_chans=channels,
                            num_classes=classes, embed_dim=int(m.embed_dim),
@@ -211,8 +217,8 @@ def _classifier_shapes(model, config) -> dict:
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  (h, w), channels = image_hw(config.data.image_size), int(config.data.channels)
   model = model.clone(scan_layers=False)  # the per-block names of every export format
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, size, size, channels))))
+                                               jnp.zeros((1, h, w, channels))))
   return {p: tuple(v.shape) for p, v in _flatten(nn.unbox(abstract["params"])).items()}

@@ -18,6 +18,7 @@ import numpy as np
 from mae_jax import fileio
 from mae_jax.errors import CheckpointError
 from mae_jax.export import official
+from mae_jax.sizes import image_hw
 
 CONFIG = "config.json"
 PROCESSOR = "preprocessor_config.json"
@@ -38,7 +39,7 @@ def transformer_config(config) -> dict:
       "attention_probs_dropout_prob": 0.0,
       "initializer_range": 0.02,
       "layer_norm_eps": 1e-6,
-      "image_size": int(config.data.image_size),
+      "image_size": _hf_size(config.data.image_size),
       "patch_size": int(m.patch_size),
       "num_channels": int(config.data.channels),
       "qkv_bias": True,
@@ -48,6 +49,22 @@ def transformer_config(config) -> dict:
       "decoder_intermediate_size": int(m.decoder_embed_dim * m.mlp_ratio),
       "norm_pix_loss": bool(m.norm_pix_loss),
   }
+
+
+def check_expressible(config) -> None:
+  """``ViTMAEForPreTraining`` builds its sin-cos tables for a square grid
+  (``int(num_patches ** 0.5)``): rectangular images cannot load."""
+  size = config.data.image_size
+  if isinstance(size, (tuple, list)) and size[0] != size[1]:
+    raise CheckpointError(
+        f"cannot export to --format=hf: data.image_size=({size[0]}, {size[1]}) is not square "
+        "and Hugging Face's ViTMAE builds its position tables for a square patch grid; use "
+        "--format=timm (takes (height, width)).")
+
+
+def _hf_size(size):
+  h, w = image_hw(size)
+  return h if h == w else [h, w]
 
 
 def metadata(config) -> dict:
@@ -63,10 +80,10 @@ def metadata(config) -> dict:
 def preprocessor(config) -> dict:
   """``preprocessor_config.json``: ``AutoImageProcessor`` gets size, mean and std."""
   from mae_jax.export.timm import mean_std
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  (h, w), channels = image_hw(config.data.image_size), int(config.data.channels)
   mean, std = mean_std(config)
   return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
-          "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
+          "size": {"height": h, "width": w}, "resample": 3, "do_rescale": True,
           "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean,
           "image_std": std, "do_convert_rgb": channels == 3}
 

@@ -93,10 +93,10 @@ def _abstract_params(model, config) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
 
 
-def _grid(config) -> int:
-  from mae_jax.models import masking
-  size = int(config.data.image_size)
-  return masking.grid_size((size, size), int(config.model.patch_size))[0]
+def _grid(config) -> tuple[int, int]:
+  """``(gh, gw)``: the patch grid of ``config.data.image_size`` (an int or a pair)."""
+  from mae_jax.models import registry
+  return tuple(registry.patch_grid(config))
 
 
 def _tables(config) -> dict[str, np.ndarray]:
@@ -227,11 +227,13 @@ def _infer(sd: dict, fmt: str, source: str) -> dict:
   pos = sd[need[2]]
   length = pos.shape[-2] - 1 if pos.ndim >= 2 else -1
   grid = math.isqrt(max(length, 0))
-  if grid * grid != length or grid == 0:
-    raise CheckpointError(f"{need[2]} has shape {pos.shape}; expected [1, 1 + g*g, D] for a "
-                          "square grid of g*g patches plus cls.")
+  if length <= 0:
+    raise CheckpointError(f"{need[2]} has shape {pos.shape}; expected [1, 1 + gh*gw, D] for "
+                          "a grid of patches plus cls.")
+  if grid * grid != length:  # a rectangular grid: its sides come from the config or metadata
+    grid = None
   out = dict(embed_dim=int(embed_dim), in_chans=int(in_chans), patch_size=int(patch_size),
-             depth=depth, mlp_ratio=sd[need[3]].shape[0] / embed_dim, grid=grid,
+             depth=depth, mlp_ratio=sd[need[3]].shape[0] / embed_dim, grid=grid, length=length,
              has_decoder=has_decoder)
   if has_decoder:
     out["decoder_embed_dim"] = int(sd[need[4]].shape[0])
@@ -298,6 +300,19 @@ def _config_from_arch(inferred: dict, arch: dict, image_size: int | None,
     m.norm_pix_loss = bool(arch["norm_pix_loss"])
   m.name = _variant_name(m)
   c.data.channels = inferred["in_chans"]
+  meta_size = arch.get("img_size")
+  if isinstance(meta_size, (list, tuple)) and image_size is None:  # timm's (height, width)
+    if len(meta_size) != 2 or (meta_size[0] // inferred["patch_size"]) * (
+        meta_size[1] // inferred["patch_size"]) != inferred["length"]:
+      raise CheckpointError(f"the metadata says img_size={list(meta_size)}, which does not "
+                            f"fit the position table's {inferred['length']} patches.")
+    with c.data.ignore_type():
+      c.data.image_size = (int(meta_size[0]), int(meta_size[1]))
+    return c
+  if inferred["grid"] is None and image_size is None:
+    raise CheckpointError(f"the position table has {inferred['length']} patches, no square "
+                          "grid, and no metadata gives the image's (height, width); import "
+                          "with a config (data.image_size) that has it.")
   c.data.image_size = int(image_size or inferred["grid"] * inferred["patch_size"])
   if "img_size" in arch and image_size is None and int(arch["img_size"]) != c.data.image_size:
     notices.append(f"the metadata says img_size={arch['img_size']}, the position tables "
@@ -305,20 +320,28 @@ def _config_from_arch(inferred: dict, arch: dict, image_size: int | None,
   return c
 
 
-def _check_table(name: str, table: np.ndarray, dim: int, target_grid: int, notices: list,
-                 warnings: list):
-  """Warns when an imported position table is not the fixed sin-cos one."""
+def _check_table(name: str, table: np.ndarray, dim: int, target_grid: tuple[int, int],
+                 notices: list, warnings: list):
+  """Warns when an imported position table is not the fixed sin-cos one (of the
+  model's ``(gh, gw)`` grid when its rows fit it, else of a square grid)."""
   from mae_jax.models.pos_embed import sincos_2d
   table = table.reshape(-1, dim)
-  grid = math.isqrt(table.shape[0] - 1)
+  rows = table.shape[0] - 1
+  side = math.isqrt(rows)
+  grid = tuple(target_grid) if rows == math.prod(target_grid) else (side, side)
+  if math.prod(grid) != rows:
+    warnings.append(f"{name} has {rows} patch rows, which form no grid of the model's; "
+                    "mae_jax uses fixed sin-cos tables, so it is dropped.")
+    return
   diff = float(np.max(np.abs(table - sincos_2d(dim, grid, cls_token=True))))
   if diff > _TABLE_ATOL:
     warnings.append(f"{name} differs from the fixed 2-D sin-cos table (max |diff| "
                     f"{diff:.3g}); a learned or fine-tuned table? mae_jax uses fixed sin-cos "
                     "tables, so it is dropped.")
-  if grid != target_grid:
-    notices.append(f"{name} is for a {grid}x{grid} patch grid; the model uses the sin-cos "
-                   f"table of the {target_grid}x{target_grid} grid of its image size.")
+  if grid != tuple(target_grid):
+    notices.append(f"{name} is for a {grid[0]}x{grid[1]} patch grid; the model uses the "
+                   f"sin-cos table of the {target_grid[0]}x{target_grid[1]} grid of its "
+                   "image size.")
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=None, *,
@@ -387,8 +410,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], format: str, config=Non
       width = m.decoder_embed_dim if e.table == "decoder" else m.embed_dim
       n = got[-2] - 1 if len(got) >= 2 else -1
       ok = (len(got) in (2, 3) and got[:-2] in ((), (1,)) and got[-1] == width
-            and n > 0 and math.isqrt(n) ** 2 == n)
-      want = f"(1, 1 + g*g, {width})"
+            and n > 0 and (math.isqrt(n) ** 2 == n or n == math.prod(_grid(config))))
+      want = f"(1, 1 + g*g, {width})"  # any square grid (resized), or the model's own
     else:
       want_shape = names.torch_shape(e, shapes[e.ours])
       ok, want = got == want_shape, str(want_shape)

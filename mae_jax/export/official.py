@@ -33,6 +33,16 @@ ARCH_KEYS = KWARGS + ("mask_ratio",)
 INSTALL_HINT = "install the PyTorch extra: pip install 'mae_jax[torch]'"
 
 
+def check_expressible(config) -> None:
+  """The official ``MaskedAutoencoderViT`` takes one ``img_size`` (square images)."""
+  size = config.data.image_size
+  if isinstance(size, (tuple, list)) and size[0] != size[1]:
+    raise CheckpointError(
+        f"cannot export to --format=official: data.image_size=({size[0]}, {size[1]}) is not "
+        "square and the official models_mae.py takes one img_size; use --format=timm "
+        "(takes (height, width)).")
+
+
 def metadata(config) -> dict:
   """Constructor kwargs of the official ``MaskedAutoencoderViT`` for ``config``."""
   m = config.model

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mae_jax.export import official
+from mae_jax.sizes import image_hw
 
 # Registered timm names; the kwargs override every dimension, so the name only
 # picks the closest family (and its pretrained_cfg metadata).
@@ -41,7 +42,7 @@ _FALLBACK = "vit_base_patch16_224"
 
 def model_name(config) -> str:
   size = _WIDTH_NAMES.get(int(config.model.embed_dim))
-  name = f"vit_{size}_patch{config.model.patch_size}_{config.data.image_size}"
+  name = f"vit_{size}_patch{config.model.patch_size}_{config.data.image_size}"  # square only
   return name if name in _REGISTERED else _FALLBACK
 
 
@@ -66,9 +67,9 @@ def mean_std(config) -> tuple[list[float], list[float]]:
 
 def pretrained_cfg(config, num_classes: int) -> dict:
   """timm's ``pretrained_cfg``: what ``resolve_data_config`` hands a PyTorch user."""
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  (h, w), channels = image_hw(config.data.image_size), int(config.data.channels)
   mean, std = mean_std(config)
-  return {"input_size": [channels, size, size], "fixed_input_size": True,
+  return {"input_size": [channels, h, w], "fixed_input_size": True,
           "interpolation": "bicubic", "crop_pct": float(config.data.get("eval_crop_pct", 0.875)),
           "crop_mode": "center", "mean": mean, "std": std, "num_classes": int(num_classes),
           "first_conv": "patch_embed.proj", "classifier": "head"}
@@ -76,7 +77,9 @@ def pretrained_cfg(config, num_classes: int) -> dict:
 
 def metadata(config) -> dict:
   m = config.model
-  kwargs = dict(img_size=int(config.data.image_size), patch_size=int(m.patch_size),
+  h, w = image_hw(config.data.image_size)
+  # timm's VisionTransformer takes img_size as an int or (height, width)
+  kwargs = dict(img_size=h if h == w else [h, w], patch_size=int(m.patch_size),
                 in_chans=int(config.data.channels), embed_dim=int(m.embed_dim),
                 depth=int(m.depth), num_heads=int(m.num_heads), mlp_ratio=float(m.mlp_ratio),
                 qkv_bias=True, class_token=True, global_pool="token", num_classes=0)

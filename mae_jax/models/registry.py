@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mae_jax.errors import ConfigError
+from mae_jax.sizes import image_hw
 
 SIZES = {
     # name: (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_heads)
@@ -61,10 +62,10 @@ def tubelet_size(config) -> int:
 
 def input_shape(config, batch: int = 1) -> tuple[int, ...]:
   """``[B, H, W, C]`` images, or ``[B, T, H, W, C]`` clips for a video model."""
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  (h, w), channels = image_hw(config.data.image_size), int(config.data.channels)
   if tubelet_size(config):
-    return (batch, int(config.data.video.num_frames), size, size, channels)
-  return (batch, size, size, channels)
+    return (batch, int(config.data.video.num_frames), h, w, channels)
+  return (batch, h, w, channels)
 
 
 def patch_grid(config) -> tuple[int, ...]:

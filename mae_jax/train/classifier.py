@@ -63,7 +63,7 @@ def build_classifier(config, *, head_norm: bool | None = None) -> VisionTransfor
   use_cls = bool(m.get("use_cls_token", True))
   pos_table = m.get("pos_table", "sincos")
   model = VisionTransformer(
-      num_classes=int(config.num_classes), image_size=int(config.data.image_size),
+      num_classes=int(config.num_classes), image_size=registry.image_hw(config.data.image_size),
       patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, pool=m.pool, drop_path_rate=float(m.get("drop_path", 0.0)),
       head_init_std=float(m.head_init_std), head_norm=head_norm,
@@ -322,14 +322,20 @@ class ClassifierTask:
   def abstract_batch(self, shardings: dict) -> dict:
     """What ``device_batch`` returns, as ``ShapeDtypeStruct``s."""
     c = self.config
-    b, size = c.batch_size, c.data.image_size
-    erase = finetune_augment.erase_params(np.random.default_rng(0), size, size, 0.0)
-    shapes = {"image": (registry.input_shape(c, b), jnp.uint8),
+    b, (h, w) = c.batch_size, registry.image_hw(c.data.image_size)
+    erase = finetune_augment.erase_params(np.random.default_rng(0), h, w, 0.0)
+    shapes = {"image": (registry.input_shape(c, b), self.pixel_dtype()),
               "label": ((b,), jnp.int32),
               "mix": (finetune_augment.MixInfo(1.0, False, None).as_vector().shape,
                       jnp.float32),
               "erase": ((b,) + erase.shape, erase.dtype)}
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s) for k, s in shardings.items()}
+
+  def pixel_dtype(self):
+    """The data's pixel type (uint8 when the dataset is not available here), once."""
+    if not hasattr(self, "_pixel_dtype"):
+      self._pixel_dtype = pipeline.pixel_dtype(self.config.data, dataset_required=False)
+    return self._pixel_dtype
 
   def device_batch(self, host_batch, step: int, shardings: dict) -> dict:
     c = self.config
@@ -341,7 +347,7 @@ class ClassifierTask:
       # of earlier versions on their trajectory.
       rng = np.random.default_rng([c.seed, step, 0])
       batch["mix"] = finetune_augment.draw_mix(
-          rng, c.data.image_size, c.data.image_size, mixup_alpha=aug.mixup,
+          rng, *registry.image_hw(c.data.image_size), mixup_alpha=aug.mixup,
           cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
           switch_prob=aug.mixup_switch_prob).as_vector()
     return {k: loop.global_array(shardings[k], v,

@@ -169,7 +169,7 @@ class Reconstructions:
                                      np.asarray(jax.device_get(mask)), c.model.patch_size,
                                      c.model.norm_pix_loss, self.mean, self.std, tubelet,
                                      bool(c.model.get("norm_pix_per_channel", False)))
-      grid = viz.grid_image(rows, scale=viz.default_scale(c.data.image_size),
+      grid = viz.grid_image(viz.display_rows(rows), scale=viz.default_scale(c.data.image_size),
                             header=viz.reconstruction_header(c.model.norm_pix_loss,
                                                              clips=bool(tubelet)))
       viz.save_png(grid, fileio.join(self.workdir, "recon", f"step_{step:07d}.png"))

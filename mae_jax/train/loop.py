@@ -138,6 +138,8 @@ def run(config, workdir: str, task: Task, train: bool = True) -> dict:
   ckpt = writer = profile = None
   try:
     # ---------------------------------------------------------------- input
+    if train and pipeline.resolve_stats(config.data):  # (written to config.json below)
+      logging.info("%s: normalising with the training split's statistics", task.name)
     # Each process reads the rows of the global batch its devices hold, so the global
     # batch is the same for any number of processes.
     rows = sharding_lib.process_batch_rows(sharding_lib.batch_sharding(mesh),

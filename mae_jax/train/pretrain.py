@@ -58,9 +58,16 @@ class PretrainTask:
     return loop.global_array(shardings, host_batch["image"], shape)
 
   def abstract_batch(self, shardings):
-    """What ``device_batch`` returns (uint8 pixels), as a ``ShapeDtypeStruct``."""
+    """What ``device_batch`` returns (the data's pixels: uint8 photos), as a
+    ``ShapeDtypeStruct``."""
     return jax.ShapeDtypeStruct(registry.input_shape(self.config, self.config.batch_size),
-                                jnp.uint8, sharding=shardings)
+                                self.pixel_dtype(), sharding=shardings)
+
+  def pixel_dtype(self):
+    """The data's pixel type (uint8 when the dataset is not available here), once."""
+    if not hasattr(self, "_pixel_dtype"):
+      self._pixel_dtype = pipeline.pixel_dtype(self.config.data, dataset_required=False)
+    return self._pixel_dtype
 
   def evaluators(self, mesh, workdir: str, writer) -> list:
     c = self.config

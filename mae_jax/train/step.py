@@ -21,16 +21,19 @@ from mae_jax.train.state import TrainState
 def to_model_input(images: jax.Array, pixel_stats=None) -> jax.Array:
   """The model's input from a batch as the input pipeline ships it.
 
-  uint8 pixels become float32 ``(x - 255 mean) / (255 std)`` (``pixel_stats`` =
-  ``(mean, std)`` in [0, 1] units, the host's ``augment.normalize`` formula), so
-  host->device transfers carry a byte per value instead of four. With
-  ``pixel_stats=None`` the images are taken as already normalised floats.
+  Pixels become float32 ``(x - s mean) / (s std)`` (``pixel_stats`` = ``(mean, std)``
+  in units of the pixel type's range, the host's ``augment.normalize`` formula; ``s``
+  = 255 for uint8, 65535 for uint16, 1 for float32), so host->device transfers
+  carry a byte (uint16: two) per value instead of four. With ``pixel_stats=None``
+  the images are taken as already normalised floats.
   """
   if pixel_stats is None:
     return images
-  if images.dtype != jnp.uint8:
-    raise TypeError(f"expected uint8 images to normalise, got {images.dtype}")
-  mean, std = (jnp.asarray(v, jnp.float32) * 255.0 for v in pixel_stats)
+  scales = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}  # data.arrays.PIXEL_SCALES
+  if images.dtype.name not in scales:
+    raise TypeError(f"expected uint8, uint16 or float32 images to normalise, got "
+                    f"{images.dtype}")
+  mean, std = (jnp.asarray(v, jnp.float32) * scales[images.dtype.name] for v in pixel_stats)
   return (images.astype(jnp.float32) - mean) / std
 
 
