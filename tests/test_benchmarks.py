@@ -316,3 +316,68 @@ def test_sizing_table_arithmetic():
   assert sizing.img_per_s("L/16", 989e12, 8, 0.4) == pytest.approx(0.4 * 8 * 989e12 / 124.53e9,
                                                                    rel=1e-3)
   assert "| 1 node, 8 x H200 |" in sizing.markdown(0.4)
+
+
+def _tiny_mae(frames: int):
+  """A tiny MAE config of ``pretrain_throughput`` (VideoMAE's layout for clips)."""
+  bench = _load("pretrain_throughput")
+  shape = ["--variant=tiny/8", "--image_size=32"]
+  if frames:
+    shape += [f"--num_frames={frames}", "--tubelet=2", "--mask_ratio=0.9"]
+  args = bench.parse_args(shape)
+  c = bench.make_config(args, "tiny/8", "float32", "xla", "none")
+  c.model.update(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                 decoder_num_heads=4)
+  return c
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [0, 4], ids=["images", "clips"])
+def test_plain_jax_step_computes_the_projects_math(frames):
+  """The plain step of ``plain_jax.py`` against the project's model and optimizer: with
+  the same parameters and the same masking noise, the same loss and gradients, and the
+  same AdamW update of those gradients (so its ratio compares the same work)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from mae_jax.models import registry
+  from mae_jax.train import optim
+  from mae_jax.train.step import init_rngs
+  plain = _load("plain_jax")
+  c = _tiny_mae(frames)
+  model = registry.build_mae(c)
+  images = jax.random.normal(jax.random.key(3), registry.input_shape(c, 4))
+  params = nn.unbox(model.init(init_rngs(0), images)["params"])
+  spec = plain.plain_spec(model, registry.patch_grid(c))
+  assert spec["tube"] == bool(frames) and spec["cls"] == (not frames)
+  noise = plain.plain_noise(jax.random.key(5), spec, 4)
+  theirs, grads = jax.value_and_grad(
+      lambda p: model.apply({"params": p}, images, noise=noise)[0])(params)
+  ours, plain_grads = jax.value_and_grad(plain.plain_loss)(plain.plain_params(params), images,
+                                                            noise, spec)
+  assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+  mapped = plain.plain_params(grads)
+  assert jax.tree.structure(mapped) == jax.tree.structure(plain_grads)
+  for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # one AdamW update of the same gradients, at an lr that moves the parameters
+  lr = 1e-2
+  tx = optim.adamw(c.optim, lambda step: lr)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  ptx = plain.plain_adamw(lambda step: lr)
+  p0 = plain.plain_params(params)
+  plain_updates, _ = ptx.update(plain.plain_params(grads), ptx.init(p0), p0)
+  for a, b in zip(jax.tree.leaves(plain.plain_params(updates)), jax.tree.leaves(plain_updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # the masking noise matters: another draw gives another loss
+  other = plain.plain_loss(plain.plain_params(params), images,
+                           plain.plain_noise(jax.random.key(6), spec, 4), spec)
+  assert abs(float(other) - float(ours)) > 1e-4
+  # and the jitted plain step runs, the loss of its first step from fold_in(key, 0)
+  state = (p0, ptx.init(p0), jnp.zeros((), jnp.int32))
+  step = plain.make_plain_step(spec, ptx, jax.random.key(2))
+  _, loss = step(state, images)
+  first = plain.plain_loss(plain.plain_params(params), images, plain.plain_noise(
+      jax.random.fold_in(jax.random.key(2), 0), spec, 4), spec)
+  assert float(loss) == pytest.approx(float(first), rel=1e-5)
+
