@@ -381,3 +381,96 @@ def test_plain_jax_step_computes_the_projects_math(frames):
       jax.random.fold_in(jax.random.key(2), 0), spec, 4), spec)
   assert float(loss) == pytest.approx(float(first), rel=1e-5)
 
+
+PEERS = ("hf_vitmae", "hf_videomae", "official_mae", "official_mae_compile")
+
+
+@pytest.mark.slow
+def test_device_suite_smoke_runs_every_part_on_a_bare_jax_install(tmp_path):
+  """``device_suite.py --smoke``: every part, the science one included, in one process
+  with ml_collections / TFDS / TensorFlow / grain unimportable (as on the accelerator
+  image); one results file whose rows all say where and with what they were measured."""
+  code = ("import sys, runpy\n"
+          + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
+          + "sys.argv[0] = 'device_suite.py'\n"
+          + "runpy.run_path('benchmarks/device_suite.py', run_name='__main__')\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code, "--smoke", f"--out_dir={tmp_path}"],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=900)  # a hang guard only
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  suite = _load("device_suite")
+  (out,) = list(tmp_path.glob("*.jsonl"))
+  assert out.name.startswith("cpu_")
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert rows == [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"')
+                  and '"suite"' in line]
+  parts = [name for name, _ in suite.PARTS] + ["science"]
+  assert [p for p in dict.fromkeys(r["part"] for r in rows)] == parts
+  torch_ok = all(importlib.util.find_spec(m) for m in ("torch", "timm", "transformers"))
+  for row in rows:
+    assert row["suite"] == "smoke" and row["device"] == "cpu" and "commit" in row
+    assert "driver" in row and row["versions"]["jax"] and row["versions"]["python"]
+    assert "error" not in row or (row.get("impl") in PEERS and not torch_ok), row
+  by = lambda part, **kw: [r for r in rows if r["part"] == part
+                           and all(r.get(k) == v for k, v in kw.items())]
+  for part in ("images_b16", "images_l16", "video"):
+    (ours,) = by(part, impl="mae_jax")
+    assert ours["img_per_s"] > 0 and ours["dims"] and ours["peak_mem_gib"] > 0
+    if torch_ok:
+      assert ours["ratio_vs_hf"] > 0
+  if torch_ok:
+    assert {r["impl"] for r in by("images_b16")} == {"mae_jax", "hf_vitmae", "official_mae",
+                                                      "official_mae_compile"}
+    assert by("images_l16", impl="mae_jax")[0]["scan_layers"] is True
+    assert by("video", impl="hf_videomae")[0]["num_frames"] == 4
+  (cache,) = by("compile_cache")
+  assert cache["cache_entries"] > 0 and cache["compile_warm_s"] > 0
+  assert cache["compile_cold_s"] == by("images_b16", impl="mae_jax")[0]["compile_s"]
+  dry, real = by("vit_h_fit")
+  assert (dry["check"], dry["fits"], real["check"], real["fits"]) == (
+      "dry_run", None, "allocated", True)   # the CPU has no memory limit to check against
+  assert dry["remat"] == real["remat"] == "full" and dry["peak_gib"] > 0
+  assert {r["path"]: r.get("skipped", "")[:13] for r in by("input_pipeline")} == {
+      "grain": "not installed", "grain_fast": "not installed", "pil_numpy": ""}
+  assert by("input_pipeline", path="pil_numpy")[0]["img_per_s"] > 0
+  ours, plain = by("plain_jax")
+  assert (ours["impl"], plain["impl"]) == ("mae_jax", "plain_jax") and ours["ratio_vs_plain"] > 0
+  science = {(r["what"], r.get("init"), r.get("seed")): r for r in by("science")}
+  assert set(science) == {("pretrain", None, None), ("raw_pixels_logreg", None, None),
+                          ("summary", None, None), ("finetune", "mae", 0),
+                          ("finetune", "mae", 1), ("finetune", "scratch", 0),
+                          ("finetune", "scratch", 1)}
+  summary = science[("summary", None, None)]
+  assert summary["mae_mean"] == pytest.approx(
+      np.mean([science[("finetune", "mae", s)]["top1"] for s in (0, 1)]))
+  assert summary["verdict"] and 0.1 < summary["raw_pixels_top1"] <= 1.0
+
+
+def test_device_suite_runner_stops_a_part_that_fails_or_hangs():
+  """Isolated parts: a crash and a hang each become one line; the runner goes on."""
+  suite = _load("device_suite")
+  assert suite.run_isolated([sys.executable, "-c", "pass"], 60) is None
+  failed = suite.run_isolated([sys.executable, "-c", "raise SystemExit('no GPU here')"], 60)
+  assert failed == "exit status 1: no GPU here"
+  assert suite.run_isolated([sys.executable, "-c", "import time; time.sleep(60)"],
+                            1) == "timeout: stopped after 1 s"
+  assert suite.slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+
+
+def test_science_crop_with_the_whole_image_is_the_image_or_its_mirror():
+  import jax
+  import jax.numpy as jnp
+  science = _load("fmnist_science")
+  images = jax.random.uniform(jax.random.key(0), (16, 28, 28, 1))
+  out = science.random_resized_crop(jax.random.key(1), images, (1.0, 1.0), ratio=(1.0, 1.0))
+  same = jnp.all(jnp.abs(out - images) < 1e-5, axis=(1, 2, 3))
+  mirrored = jnp.all(jnp.abs(out - images[:, :, ::-1]) < 1e-5, axis=(1, 2, 3))
+  assert bool(jnp.all(same | mirrored)) and 0 < int(same.sum()) < 16
+
+
+def test_device_suite_wrapper_passes_its_arguments_on():
+  proc = subprocess.run([os.path.join(BENCH, "device_suite.sh"), "--help"], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "--smoke" in proc.stdout and "--science" in proc.stdout
