@@ -120,8 +120,9 @@ def plain_loss(p: dict, images, noise, s: dict):
   mm = lambda x, w: jnp.dot(x.astype(dt), w.astype(dt))
 
   def norm(x, scale, bias, eps=1e-6):
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
+    mean = x.mean(-1, keepdims=True)   # one pass: E[x^2] - E[x]^2
+    var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
   def attend(q, k, v):
     if s["attention"] == "cudnn":   # padded to 64 with length masks, as the design says
