@@ -1,6 +1,6 @@
 """Every speed figure of one accelerator, in one command, into one results file.
 
-  python benchmarks/device_suite.py              # one GPU: about 8 minutes (--budget_s)
+  python benchmarks/device_suite.py              # one GPU: 8 minutes at most (--budget_s)
   python benchmarks/device_suite.py --science    # Fashion-MNIST: MAE vs scratch, <= 5 min
   python benchmarks/device_suite.py --smoke      # the same code paths, tiny shapes, CPU
 
@@ -14,9 +14,9 @@ time leaves a row with ``error`` and the suite goes on):
   images_b16      MAE pretraining step, ViT-B/16, batch 256, bf16: img/s, MFU, peak
                   memory, compile time for attention cudnn and xla; Hugging Face
                   ViTMAEForPreTraining and the official MAE code's structure
-                  (``official_mae.py``) eager and under torch.compile, same process
+                  (``official_mae.py``, eager) in the same process
                   (``pretrain_throughput.py``)
-  images_l16      the same for ViT-L/16, scan_layers off and on
+  images_l16      the same for ViT-L/16, scan_layers off and on (first attention)
   compile_cache   the images_b16 step compiled again in a fresh process reading the
                   persistent compilation cache that images_b16 wrote (cold vs warm)
   video           ViT-B, 16x224x224 clips, 2x16x16 tubelets, tube masking 0.9, batch 32,
@@ -27,6 +27,8 @@ time leaves a row with ``error`` and the suite goes on):
   input_pipeline  ImageNet-style JPEG decode + RandomResizedCrop + flip on every core
                   at once (one pinned process per core, ``input_pipeline.py``): img/s
                   summed; paths needing grain/TFDS record "skipped: not installed"
+  torch_compile   the official structure under torch.compile, ViT-B/16 and ViT-L/16,
+                  each beside an HF row of the same process
   plain_jax       the trainer's step against a plain JAX step of the same math
                   (``plain_jax.py``), ViT-B/16, batch 256, bf16
 
@@ -36,7 +38,7 @@ init over 3 seeds, beside logistic regression on the raw pixels.
 
 Each part runs in a process of its own with a time limit (``--isolate``, the default
 outside ``--smoke``), so a crash, an out-of-memory abort or a hang costs one part; the
-whole run stops at ``--budget_s``. Needs jax, flax, optax (torch, timm, transformers
+whole run stops at ``--budget_s`` (parts left then are recorded as skipped). Needs jax, flax, optax (torch, timm, transformers
 for the peers); no ml_collections, TFDS, TensorFlow or grain.
 """
 from __future__ import annotations
@@ -67,8 +69,9 @@ LIBRARIES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", 
              "grain", "tensorflow", "tensorflow-datasets", "ml-collections")
 
 # (part, seconds it may take in the full mode); the order is the order they run in
-PARTS = (("env", 60), ("images_b16", 110), ("images_l16", 130), ("compile_cache", 45),
-         ("video", 60), ("vit_h_fit", 80), ("input_pipeline", 40), ("plain_jax", 50))
+PARTS = (("env", 60), ("images_b16", 110), ("images_l16", 150), ("compile_cache", 45),
+         ("video", 60), ("vit_h_fit", 80), ("input_pipeline", 40), ("torch_compile", 150),
+         ("plain_jax", 50))
 SCIENCE_PARTS = (("env", 60), ("science", 300))
 TIMING = ["--steps=10", "--repeats=3", "--warmup=2"]
 # --smoke: one step, models one block deep, XLA's cheapest code generation
@@ -81,18 +84,29 @@ SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensi
 # ------------------------------------------------------------------ what runs where
 
 
-def images_args(ctx, part: str) -> list[str]:
-  """``pretrain_throughput.py`` arguments of an images part."""
+def images_calls(ctx, part: str) -> list[list[str]]:
+  """``pretrain_throughput.py`` calls of an images part (the first has the peers)."""
   if ctx.smoke:
-    model = {"images_b16": ["--variant=tiny/4", "--official=eager,compile",
-                            "--torch_compile_backend=eager"],
-             "images_l16": ["--variant=tiny/7", "--scan_layers=true", "--official=eager"]}[part]
-    return model + ["--image_size=28", "--channels=1", "--batch=8", "--dtype=float32",
-                    "--attention=xla", "--hf"] + SMOKE_TIMING
-  model = {"images_b16": ["--variant=B/16"],
-           "images_l16": ["--variant=L/16", "--scan_layers=false,true"]}[part]
-  return model + ["--batch=256", "--dtype=bfloat16", f"--attention={ctx.attention}",
-                  "--hf", "--official=eager,compile"] + TIMING
+    shape = ["--image_size=28", "--channels=1", "--batch=8", "--dtype=float32",
+             "--attention=xla"] + SMOKE_TIMING
+    return {"images_b16": [["--variant=tiny/4", "--hf", "--official=eager"] + shape],
+            "images_l16": [["--variant=tiny/7", "--scan_layers=true", "--hf"] + shape,
+                           ["--variant=tiny/7", "--scan_layers=false", "--no-hf"] + shape],
+            "torch_compile": [["--variant=tiny/4,tiny/7", "--hf", "--official=compile",
+                               "--torch_compile_backend=eager", "--no_mae_jax"] + shape]}[part]
+  shape = ["--batch=256", "--dtype=bfloat16"] + TIMING
+  first, *rest = ctx.attention.split(",")
+  if part == "images_b16":
+    return [["--variant=B/16", f"--attention={ctx.attention}", "--hf", "--official=eager"]
+            + shape]
+  if part == "images_l16":   # scan on/off with the first attention, the others scan off
+    return [["--variant=L/16", f"--attention={first}", "--scan_layers=false,true", "--hf",
+             "--official=eager"] + shape] + (
+        [["--variant=L/16", f"--attention={','.join(rest)}", "--no-hf"] + shape]
+        if rest else [])
+  # torch.compile compiles for a minute or more per model: a part of its own, after the
+  # mae_jax rows are safe, with the HF row of its own process to compare with
+  return [["--variant=B/16,L/16", "--hf", "--official=compile", "--no_mae_jax"] + shape]
 
 
 def video_args(ctx) -> list[str]:
@@ -186,7 +200,19 @@ def _compile_cache(ctx) -> None:
 def part_images(ctx, part: str) -> None:
   import pretrain_throughput as pt
   _compile_cache(ctx)
-  pt.main(images_args(ctx, part) + [f"--out={ctx.rows_file}", f"--label={part}"])
+  for argv in images_calls(ctx, part):
+    pt.main(argv + [f"--out={ctx.rows_file}", f"--label={part}"])
+  # a call without a peer row: its ratio against the part's HF row of the same shapes
+  rows = read_rows(ctx.rows_file)
+  key = lambda r: (r.get("model"), r.get("batch"), r.get("dtype"))
+  hf = {key(r): r for r in rows if r.get("impl") == "hf_vitmae" and "error" not in r}
+  for r in rows:
+    if r.get("impl") == "mae_jax" and "error" not in r and "ratio_vs_hf" not in r \
+        and key(r) in hf:
+      r.update(ratio_vs_hf=r["img_per_s"] / hf[key(r)]["img_per_s"],
+               ratio_vs_hf_note="HF row of another call in the same part")
+  with open(ctx.rows_file, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def part_images_b16(ctx) -> None:
@@ -197,12 +223,16 @@ def part_images_l16(ctx) -> None:
   part_images(ctx, "images_l16")
 
 
+def part_torch_compile(ctx) -> None:
+  part_images(ctx, "torch_compile")
+
+
 def part_compile_cache(ctx) -> None:
   """The first mae_jax setting of images_b16 compiled again, now from the cache."""
   import jax
   import pretrain_throughput as pt
   _compile_cache(ctx)
-  argv = images_args(ctx, "images_b16")
+  argv = images_calls(ctx, "images_b16")[0]
   cold = next((r for r in ctx.previous_rows
                if r.get("part") == "images_b16" and r.get("impl") == "mae_jax"
                and "error" not in r), None)
@@ -401,8 +431,8 @@ def parse_args(argv=None):
                  help="the Fashion-MNIST science part instead of the speed parts")
   p.add_argument("--parts", default="", help="comma-separated subset of the parts")
   p.add_argument("--budget_s", type=float, default=0,
-                 help="the whole run's time limit (default: the parts' sum, ~8 min; "
-                      "--science 6 min)")
+                 help="the whole run's time limit in seconds (default 480; --science 360); "
+                      "a part gets the smaller of its own limit and what is left")
   p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                  help="each part in its own process with a time limit (default: on, "
                       "off with --smoke)")
@@ -450,7 +480,7 @@ def main(argv=None) -> str:
     raise SystemExit(f"unknown part(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(name for name, _ in table)}")
   parts = [(name, budget) for name, budget in table if name in chosen]
-  budget = args.budget_s or (sum(b for _, b in parts) if not args.smoke else 600)
+  budget = args.budget_s or (600 if args.smoke else 360 if args.science else 480)
   mode = "science" if args.science else "smoke" if args.smoke else "full"
   work = tempfile.mkdtemp(prefix="device_suite_")
   args.cache_dir = os.path.join(work, "compile_cache")

@@ -1,6 +1,7 @@
-"""Benchmarks: the FLOP formula against the design numbers, and a CPU smoke run of the
-throughput benchmark with ml_collections / TFDS / TensorFlow / grain unimportable
-(as on the accelerator image)."""
+"""Benchmarks: the FLOP formula against the design numbers, a CPU smoke run of the
+throughput benchmark and of the one-command GPU suite with ml_collections / TFDS /
+TensorFlow / grain unimportable (as on the accelerator image), the plain JAX step's math
+against the model's, and the README's tables against what the results render."""
 import importlib.util
 import json
 import os
@@ -415,14 +416,21 @@ def test_device_suite_smoke_runs_every_part_on_a_bare_jax_install(tmp_path):
   by = lambda part, **kw: [r for r in rows if r["part"] == part
                            and all(r.get(k) == v for k, v in kw.items())]
   for part in ("images_b16", "images_l16", "video"):
-    (ours,) = by(part, impl="mae_jax")
-    assert ours["img_per_s"] > 0 and ours["dims"] and ours["peak_mem_gib"] > 0
-    if torch_ok:
-      assert ours["ratio_vs_hf"] > 0
+    for ours in by(part, impl="mae_jax"):
+      assert ours["img_per_s"] > 0 and ours["dims"] and ours["peak_mem_gib"] > 0
+      if torch_ok:
+        assert ours["ratio_vs_hf"] > 0
+  assert [r["scan_layers"] for r in by("images_l16", impl="mae_jax")] == [True, False]
   if torch_ok:
-    assert {r["impl"] for r in by("images_b16")} == {"mae_jax", "hf_vitmae", "official_mae",
-                                                      "official_mae_compile"}
-    assert by("images_l16", impl="mae_jax")[0]["scan_layers"] is True
+    assert {r["impl"] for r in by("images_b16")} == {"mae_jax", "hf_vitmae", "official_mae"}
+    # the second call of images_l16 has no HF row of its own: the part's first one counts
+    hf, scan, plain = by("images_l16", impl="hf_vitmae") + by("images_l16", impl="mae_jax")
+    assert plain["ratio_vs_hf"] == pytest.approx(plain["img_per_s"] / hf["img_per_s"])
+    assert "another call" in plain["ratio_vs_hf_note"] and "ratio_vs_hf_note" not in scan
+    assert [(r["impl"], r["model"]) for r in by("torch_compile")] == [
+        ("hf_vitmae", "vit-tiny/4"), ("official_mae_compile", "vit-tiny/4"),
+        ("hf_vitmae", "vit-tiny/7"), ("official_mae_compile", "vit-tiny/7")]
+    assert all(r["ratio_vs_hf"] > 0 for r in by("torch_compile", impl="official_mae_compile"))
     assert by("video", impl="hf_videomae")[0]["num_frames"] == 4
   (cache,) = by("compile_cache")
   assert cache["cache_entries"] > 0 and cache["compile_warm_s"] > 0
@@ -474,3 +482,71 @@ def test_device_suite_wrapper_passes_its_arguments_on():
                         text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert "--smoke" in proc.stdout and "--science" in proc.stdout
+
+
+def test_readme_performance_tables_are_what_the_results_render():
+  """The README's tables come from ``benchmarks/results/`` (``python benchmarks/tables.py``
+  rewrites them); a typed number or a results file changed without re-rendering fails."""
+  tables = _load("tables")
+  with open(tables.README) as f:
+    text = f.read()
+  names = [m.group(2) for m in tables.REGION.finditer(text)]
+  assert sorted(names) == sorted(tables.TABLES)
+  assert tables.render_file(text, tables.load()) == text, (
+      "README tables are stale: run python benchmarks/tables.py")
+
+
+def _suite_rows(device="NVIDIA H200", date="2026-12-01", b16=6400.0):
+  common = dict(suite="full", date=date, driver="570.1", commit="abcdef0123",
+                versions={"jax": "0.11.2", "torch": "2.9"}, backend="gpu", device=device)
+  return [dict(common, part="env", impl="environment"),
+          dict(common, part="images_b16", impl="hf_vitmae", model="vit-base/16",
+               attention="sdpa", img_per_s=3459.0, mfu=0.205, peak_mem_gib=30.0,
+               first_step_s=3.0),
+          dict(common, part="images_b16", impl="mae_jax", model="vit-base/16",
+               attention="cudnn", scan_layers=False, img_per_s=b16, mfu=b16 * 58.69e9 / 989e12,
+               peak_mem_gib=21.5, compile_s=40.0, ratio_vs_hf=b16 / 3459.0),
+          dict(common, part="images_l16", impl="mae_jax", model="vit-large/16",
+               attention="cudnn", error="XlaRuntimeError: RESOURCE_EXHAUSTED"),
+          dict(common, part="compile_cache", impl="mae_jax", model="vit-base/16",
+               attention="cudnn", compile_cold_s=40.0, compile_warm_s=4.0, warm_speedup=10.0),
+          dict(common, part="vit_h_fit", impl="mae_jax", model="vit-huge/14", batch=256,
+               remat="full", check="dry_run", fits=True, peak_gib=60.25),
+          dict(common, part="input_pipeline", impl="input_pipeline", path="grain",
+               skipped="not installed"),
+          dict(common, part="video", error="timeout: stopped after 60 s")]
+
+
+def test_gpu_table_renders_the_latest_suite_run_and_says_when_there_is_none(tmp_path):
+  tables = _load("tables")
+  assert "No GPU measurement" in tables.gpu_suite([])
+  for name, rows in (("nvidia_h200_2026-12-01.jsonl", _suite_rows()),
+                     ("nvidia_h200_2026-12-03.jsonl", _suite_rows(date="2026-12-03", b16=7000.0)),
+                     ("cpu_2026-12-05.jsonl", [dict(r, backend="cpu", suite="smoke")
+                                               for r in _suite_rows(date="2026-12-05")])):
+    (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  text = tables.gpu_suite(tables.load(str(tmp_path)))
+  assert "Measured 2026-12-03 on one NVIDIA H200" in text and "`abcdef0`" in text
+  assert "| vit-base/16 | mae_jax | cudnn | off | 7,000 | 41.5% | 21.5 | 40.0 | 2.02x |" in text
+  assert "| vit-base/16 | Hugging Face ViTMAE (sdpa) | sdpa | - | 3,459 | 20.5% |" in text
+  assert "| vit-large/16 | mae_jax | cudnn | - | error: XlaRuntimeError: RESOURCE_EXHAUSTED" in text
+  assert "40.0 s cold, 4.0 s from the persistent cache in a fresh process (10.0x)" in text
+  assert "vit-huge/14, batch 256, remat=full, XLA's estimate from shapes: fits (60.2 GiB)" in text
+  assert "`grain`: skipped (not installed)" in text
+  assert "Part `video` failed: timeout: stopped after 60 s" in text
+
+
+def test_plain_jax_table_reads_both_rows_of_a_run(tmp_path):
+  tables = _load("tables")
+  base = dict(case="clips", model="vit-small/16", num_frames=16, image_size=112, tubelet_size=2,
+              masking="tube", mask_ratio=0.9, batch=2, device="cpu", cpu_cores=1, steps=2,
+              repeats=3, load_avg_1m=2.5)
+  rows = [dict(base, impl="mae_jax", img_per_s=0.9, ratio_vs_plain=0.9 / 0.8,
+               ratio_vs_plain_cpu_time=1.02),
+          dict(base, impl="plain_jax", img_per_s=0.8)]
+  (tmp_path / "plain_jax_cpu_2026-12-06.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  text = tables.plain_jax(tables.load(str(tmp_path)))
+  assert ("| clips | vit-small/16, 16x112x112, tubelet 2, tube masking 0.9 | 2 | cpu, 1 pinned "
+          "core | 0.90 clips/s | 0.80 clips/s | **1.12x** | 1.02x | 2.5 |") in text
+  assert "3 windows of 2 steps" in text and "`results/plain_jax_cpu_2026-12-06.jsonl`" in text
