@@ -130,9 +130,9 @@ def plain_loss(p: dict, images, noise, s: dict):
   mm = lambda x, w: jnp.dot(x.astype(dt), w.astype(dt))
 
   def norm(x, scale, bias, eps=1e-6):
-    mean = x.mean(-1, keepdims=True)   # one pass: E[x^2] - E[x]^2
-    var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0.0)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+    mean = x.mean(-1)   # one pass: E[x^2] - E[x]^2
+    var = jnp.maximum(jax.lax.square(x).mean(-1) - jax.lax.square(mean), 0.0)
+    return (x - mean[..., None]) * (jax.lax.rsqrt(var + eps)[..., None] * scale) + bias
 
   def attend(q, k, v):
     if s["attention"] == "cudnn":   # padded to 64 with length masks, as the design says

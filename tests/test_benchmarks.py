@@ -361,15 +361,20 @@ def test_plain_jax_step_computes_the_projects_math(frames):
   assert jax.tree.structure(mapped) == jax.tree.structure(plain_grads)
   for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(plain_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # one AdamW update of the same gradients, at an lr that moves the parameters
+  # one AdamW update of the same gradients, at an lr that moves the parameters, from
+  # parameters with no zeros (so weight decay on a bias would show)
   lr = 1e-2
+  leaves, treedef = jax.tree.flatten(params)
+  moved = jax.tree.unflatten(treedef, [a + 0.1 * jax.random.normal(jax.random.key(i), a.shape)
+                                       for i, a in enumerate(leaves)])
   tx = optim.adamw(c.optim, lambda step: lr)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = tx.update(grads, tx.init(moved), moved)
   ptx = plain.plain_adamw(lambda step: lr)
-  p0 = plain.plain_params(params)
+  p0 = plain.plain_params(moved)
   plain_updates, _ = ptx.update(plain.plain_params(grads), ptx.init(p0), p0)
   for a, b in zip(jax.tree.leaves(plain.plain_params(updates)), jax.tree.leaves(plain_updates)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  p0 = plain.plain_params(params)
   # the masking noise matters: another draw gives another loss
   other = plain.plain_loss(plain.plain_params(params), images,
                            plain.plain_noise(jax.random.key(6), spec, 4), spec)
