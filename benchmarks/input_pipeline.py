@@ -85,9 +85,10 @@ def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> np.nda
 
 def write_dataset(root: str, num_images: int, quality: int = 90, seed: int = 0,
                   shape: tuple[int, int] = (375, 500),
-                  file_format: str = "array_record") -> dict:
+                  file_format: str = "array_record", tfds: bool = True) -> dict:
   """``root/jpeg/*.jpg`` and a TFDS dataset of them under ``root/tfds`` (ArrayRecord;
-  ``file_format="tfrecord"``: TFDS's older default, which needs converting).
+  ``file_format="tfrecord"``: TFDS's older default, which needs converting; ``tfds=False``:
+  the folder only, for the paths that read files).
 
   Images are ``shape`` (height, width), every fourth one transposed (portrait).
   """
@@ -104,7 +105,8 @@ def write_dataset(root: str, num_images: int, quality: int = 90, seed: int = 0,
       f.write(buf.getvalue())
     sizes.append(len(buf.getvalue()))
     shapes.append((h, w))
-  _build_tfds(root, file_format)
+  if tfds:
+    _build_tfds(root, file_format)
   return {"num_images": num_images, "mean_kb": float(np.mean(sizes)) / 1000,
           "jpeg_quality": quality, "shapes": sorted(set(shapes))}
 
@@ -363,13 +365,20 @@ def measure(path: str, root: str, batch: int, num_batches: int, core: int) -> di
   return row
 
 
-def _available(path: str) -> bool:
+def _installed(module: str) -> bool:
   import importlib.util
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):   # a module set to None in sys.modules (tests)
+    return False
+
+
+def _available(path: str) -> bool:
   needs = {"torchvision": ("torch", "torchvision"), "tf_data": ("tensorflow",),
            "grain": ("grain", "tensorflow_datasets"),
            "grain_full": ("grain", "tensorflow_datasets"),
            "grain_fast": ("grain", "tensorflow_datasets", "simplejpeg", "torch")}.get(path, ())
-  return all(importlib.util.find_spec(m) is not None for m in needs)
+  return all(_installed(m) for m in needs)
 
 
 def parse_args(argv=None):

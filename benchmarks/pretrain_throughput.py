@@ -79,10 +79,28 @@ class Config(dict):
       raise AttributeError(name) from None
 
 
+def variant_dims(args, variant: str) -> dict:
+  """``registry.variant_dims`` with ``--dims`` (``key=value,...``) applied."""
+  from mae_jax.models import registry
+  dims = registry.variant_dims(variant)
+  for item in _split(getattr(args, "dims", "") or ""):
+    key, value = item.split("=", 1)
+    if key not in dims:
+      raise ValueError(f"--dims: {key!r} is not one of {', '.join(dims)}")
+    dims[key] = type(dims[key])(value)
+  return dims
+
+
+def train_flops(args, variant: str, video: dict) -> float:
+  """Forward + backward FLOPs per image (clip) of ``variant`` as ``--dims`` shapes it."""
+  return flops_lib.mae_train_flops(image_size=args.image_size, channels=args.channels,
+                                   mask_ratio=args.mask_ratio,
+                                   **variant_dims(args, variant), **video)
+
+
 def make_config(args, variant: str, dtype: str, attention: str, remat: str,
                 moments_dtype: str = "float32", scan_layers: bool = False) -> Config:
-  from mae_jax.models import registry
-  model = Config(registry.variant_dims(variant), norm_pix_loss=True,
+  model = Config(variant_dims(args, variant), norm_pix_loss=True,
                  mask_ratio=args.mask_ratio, dtype=dtype, param_dtype="float32",
                  attention=attention, remat=remat, scan_layers=scan_layers)
   data = Config(image_size=args.image_size, channels=args.channels)
@@ -217,8 +235,7 @@ def torch_available() -> bool:
 
 def hf_sizes(args, variant: str) -> dict:
   """The ``config.json`` keys Hugging Face's ViTMAE and VideoMAE share, for ``variant``."""
-  from mae_jax.models import registry
-  dims = registry.variant_dims(variant)
+  dims = variant_dims(args, variant)
   return dict(
       hidden_size=dims["embed_dim"], num_hidden_layers=dims["depth"],
       num_attention_heads=dims["num_heads"],
@@ -272,7 +289,7 @@ class HfRun:
     self.images = self.inputs(args, batch)
     self.settings = dict(
         batch=batch, dtype=dtype,
-        attention=getattr(self.model.config, "_attn_implementation", None),
+        attention=getattr(getattr(self.model, "config", None), "_attn_implementation", None),
         autocast=str(self.autocast) if self.autocast else None, fused_adamw=self.cuda,
         torch_device=torch.cuda.get_device_name() if self.cuda else "cpu",
         torch_threads=None if self.cuda else torch.get_num_threads())
@@ -356,6 +373,38 @@ class HfVideoRun(HfRun):
     return self.model(pixel_values=self.images, bool_masked_pos=self.bool_masked_pos()).loss
 
 
+class OfficialRun(HfRun):
+  """The official MAE code's structure (``official_mae.py``: ``models_mae.py`` on timm's
+  blocks) of the same size, eager or under ``torch.compile``; otherwise as ``HfRun``
+  (autocast, fused AdamW, weight-decay groups)."""
+
+  def __init__(self, args, variant, batch, dtype, mode: str = "eager"):
+    if mode not in ("eager", "compile"):
+      raise ValueError(f"--official takes eager and/or compile, not {mode!r}")
+    self.mode, self.mask_ratio = mode, args.mask_ratio
+    self.compile_backend = args.torch_compile_backend
+    self.impl = "official_mae" if mode == "eager" else "official_mae_compile"
+    super().__init__(args, variant, batch, dtype)
+    self.settings.update(attention="sdpa (timm)", torch_compile=(
+        self.compile_backend if mode == "compile" else None))
+
+  def build(self, args, variant):
+    import official_mae
+    d = variant_dims(args, variant)
+    model = official_mae.MaskedAutoencoderViT(
+        img_size=args.image_size, patch_size=d["patch_size"], in_chans=args.channels,
+        embed_dim=d["embed_dim"], depth=d["depth"], num_heads=d["num_heads"],
+        decoder_embed_dim=d["decoder_embed_dim"], decoder_depth=d["decoder_depth"],
+        decoder_num_heads=d["decoder_num_heads"], mlp_ratio=d["mlp_ratio"],
+        norm_pix_loss=True)
+    if self.mode == "compile":
+      return self.torch.compile(model, backend=self.compile_backend)
+    return model
+
+  def forward_loss(self):
+    return self.model(self.images, mask_ratio=self.mask_ratio)[0]
+
+
 def timed(run, args, windows: list[float]) -> dict:
   elapsed = sorted(windows)[len(windows) // 2]  # the median window
   batch = run.settings["batch"]
@@ -380,6 +429,8 @@ def parse_args(argv=None):
                  help="Adam first-moment dtype(s): float32, bfloat16")
   p.add_argument("--scan_layers", default="false",
                  help="false, true (model.scan_layers: blocks as one nn.scan)")
+  p.add_argument("--dims", default="",
+                 help="override the variant's sizes, e.g. embed_dim=32,depth=1 (smoke runs)")
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--channels", type=int, default=3)
   p.add_argument("--mask_ratio", type=float, default=0.75)
@@ -395,7 +446,12 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
   p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=None,
                  help="also time Hugging Face ViTMAE (default: when torch is installed)")
-  p.add_argument("--no_mae_jax", action="store_true", help="only the HF rows")
+  p.add_argument("--official", default="",
+                 help="eager and/or compile (comma-separated): also time the official MAE "
+                      "code's structure (official_mae.py, timm blocks), images only")
+  p.add_argument("--torch_compile_backend", default="inductor",
+                 help="torch.compile backend of --official=compile (eager: tracing only)")
+  p.add_argument("--no_mae_jax", action="store_true", help="only the PyTorch rows")
   p.add_argument("--interleave", action="store_true",
                  help="build every setting of a variant/batch/dtype first, then time their "
                       "windows in turn (fairer on a busy machine; holds all at once)")
@@ -430,7 +486,7 @@ def main(argv=None) -> list[dict]:
                 repeats=args.repeats, interleaved=args.interleave,
                 date=datetime.date.today().isoformat(), jax=jax.__version__,
                 python=platform.python_version(), label=args.label or None,
-                xla_flags=os.environ.get("XLA_FLAGS") or None)
+                dims=args.dims or None, xla_flags=os.environ.get("XLA_FLAGS") or None)
   rows = []
 
   def emit(row):
@@ -446,8 +502,7 @@ def main(argv=None) -> list[dict]:
     dtypes = ["float32" if info["backend"] == "cpu" else "bfloat16"]
   for variant, batch, dtype in itertools.product(
       _split(args.variant), _split(args.batch, int), dtypes):
-    flop = flops_lib.variant_train_flops(variant, args.image_size, args.channels,
-                                         args.mask_ratio, **video)
+    flop = train_flops(args, variant, video)
     base = dict(model=model_name(variant), variant=variant, **info,
                 gflop_per_img=flop / 1e9, peak_flops=flops_lib.peak_flops(info["device"]))
     makers = []  # (constructor, what it is)
@@ -455,6 +510,10 @@ def main(argv=None) -> list[dict]:
       peer = HfVideoRun if args.num_frames else HfRun
       makers.append((lambda: peer(args, variant, batch, dtype),
                      dict(impl=peer.impl, batch=batch, dtype=dtype)))
+    for mode in ([] if args.num_frames else _split(args.official)):
+      makers.append((lambda m=mode: OfficialRun(args, variant, batch, dtype, m),
+                     dict(impl="official_mae" if mode == "eager" else "official_mae_compile",
+                          batch=batch, dtype=dtype)))
     if not args.no_mae_jax:
       for setting in itertools.product(_split(args.attention), _split(args.remat),
                                        _split(args.moments_dtype),
@@ -478,7 +537,11 @@ def main(argv=None) -> list[dict]:
         import transformers
         row.update(torch=torch.__version__, transformers=transformers.__version__)
         hf_row = row
-      elif hf_row is not None:
+      elif result["impl"].startswith("official_mae"):
+        import timm
+        import torch
+        row.update(torch=torch.__version__, timm=timm.__version__)
+      if hf_row is not None and row is not hf_row:
         row["ratio_vs_hf"] = row["img_per_s"] / hf_row["img_per_s"]
       emit(row)
 

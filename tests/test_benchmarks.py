@@ -1,6 +1,7 @@
-"""Benchmarks: the FLOP formula against the design numbers, and a CPU smoke run of the
-throughput benchmark with ml_collections / TFDS / TensorFlow / grain unimportable
-(as on the accelerator image)."""
+"""Benchmarks: the FLOP formula against the design numbers, a CPU smoke run of the
+throughput benchmark and of the one-command GPU suite with ml_collections / TFDS /
+TensorFlow / grain unimportable (as on the accelerator image), the plain JAX step's math
+against the model's, and the README's tables against what the results render."""
 import importlib.util
 import json
 import os
@@ -316,3 +317,241 @@ def test_sizing_table_arithmetic():
   assert sizing.img_per_s("L/16", 989e12, 8, 0.4) == pytest.approx(0.4 * 8 * 989e12 / 124.53e9,
                                                                    rel=1e-3)
   assert "| 1 node, 8 x H200 |" in sizing.markdown(0.4)
+
+
+def _tiny_mae(frames: int):
+  """A tiny MAE config of ``pretrain_throughput`` (VideoMAE's layout for clips)."""
+  bench = _load("pretrain_throughput")
+  shape = ["--variant=tiny/8", "--image_size=32"]
+  if frames:
+    shape += [f"--num_frames={frames}", "--tubelet=2", "--mask_ratio=0.9"]
+  args = bench.parse_args(shape)
+  c = bench.make_config(args, "tiny/8", "float32", "xla", "none")
+  c.model.update(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                 decoder_num_heads=4)
+  return c
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [0, 4], ids=["images", "clips"])
+def test_plain_jax_step_computes_the_projects_math(frames):
+  """The plain step of ``plain_jax.py`` against the project's model and optimizer: with
+  the same parameters and the same masking noise, the same loss and gradients, and the
+  same AdamW update of those gradients (so its ratio compares the same work)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from mae_jax.models import registry
+  from mae_jax.train import optim
+  from mae_jax.train.step import init_rngs
+  plain = _load("plain_jax")
+  c = _tiny_mae(frames)
+  model = registry.build_mae(c)
+  images = jax.random.normal(jax.random.key(3), registry.input_shape(c, 4))
+  params = nn.unbox(model.init(init_rngs(0), images)["params"])
+  spec = plain.plain_spec(model, registry.patch_grid(c))
+  assert spec["tube"] == bool(frames) and spec["cls"] == (not frames)
+  noise = plain.plain_noise(jax.random.key(5), spec, 4)
+  theirs, grads = jax.value_and_grad(
+      lambda p: model.apply({"params": p}, images, noise=noise)[0])(params)
+  ours, plain_grads = jax.value_and_grad(plain.plain_loss)(plain.plain_params(params), images,
+                                                            noise, spec)
+  assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+  mapped = plain.plain_params(grads)
+  assert jax.tree.structure(mapped) == jax.tree.structure(plain_grads)
+  for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # one AdamW update of the same gradients, at an lr that moves the parameters, from
+  # parameters with no zeros (so weight decay on a bias would show)
+  lr = 1e-2
+  leaves, treedef = jax.tree.flatten(params)
+  moved = jax.tree.unflatten(treedef, [a + 0.1 * jax.random.normal(jax.random.key(i), a.shape)
+                                       for i, a in enumerate(leaves)])
+  tx = optim.adamw(c.optim, lambda step: lr)
+  updates, _ = tx.update(grads, tx.init(moved), moved)
+  ptx = plain.plain_adamw(lambda step: lr)
+  p0 = plain.plain_params(moved)
+  plain_updates, _ = ptx.update(plain.plain_params(grads), ptx.init(p0), p0)
+  for a, b in zip(jax.tree.leaves(plain.plain_params(updates)), jax.tree.leaves(plain_updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  p0 = plain.plain_params(params)
+  # the masking noise matters: another draw gives another loss
+  other = plain.plain_loss(plain.plain_params(params), images,
+                           plain.plain_noise(jax.random.key(6), spec, 4), spec)
+  assert abs(float(other) - float(ours)) > 1e-4
+  # and the jitted plain step runs, the loss of its first step from fold_in(key, 0)
+  state = (p0, ptx.init(p0), jnp.zeros((), jnp.int32))
+  step = plain.make_plain_step(spec, ptx, jax.random.key(2))
+  _, loss = step(state, images)
+  first = plain.plain_loss(plain.plain_params(params), images, plain.plain_noise(
+      jax.random.fold_in(jax.random.key(2), 0), spec, 4), spec)
+  assert float(loss) == pytest.approx(float(first), rel=1e-5)
+
+
+PEERS = ("hf_vitmae", "hf_videomae", "official_mae", "official_mae_compile")
+
+
+@pytest.mark.slow
+def test_device_suite_smoke_runs_every_part_on_a_bare_jax_install(tmp_path):
+  """``device_suite.py --smoke``: every part, the science one included, in one process
+  with ml_collections / TFDS / TensorFlow / grain unimportable (as on the accelerator
+  image); one results file whose rows all say where and with what they were measured."""
+  code = ("import sys, runpy\n"
+          + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
+          + "sys.argv[0] = 'device_suite.py'\n"
+          + "runpy.run_path('benchmarks/device_suite.py', run_name='__main__')\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code, "--smoke", f"--out_dir={tmp_path}"],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=900)  # a hang guard only
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  suite = _load("device_suite")
+  (out,) = list(tmp_path.glob("*.jsonl"))
+  assert out.name.startswith("cpu_")
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert rows == [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"')
+                  and '"suite"' in line]
+  parts = [name for name, _ in suite.PARTS] + ["science"]
+  assert [p for p in dict.fromkeys(r["part"] for r in rows)] == parts
+  torch_ok = all(importlib.util.find_spec(m) for m in ("torch", "timm", "transformers"))
+  for row in rows:
+    assert row["suite"] == "smoke" and row["device"] == "cpu" and "commit" in row
+    assert "driver" in row and row["versions"]["jax"] and row["versions"]["python"]
+    assert "error" not in row or (row.get("impl") in PEERS and not torch_ok), row
+  by = lambda part, **kw: [r for r in rows if r["part"] == part
+                           and all(r.get(k) == v for k, v in kw.items())]
+  for part in ("images_b16", "images_l16", "video"):
+    for ours in by(part, impl="mae_jax"):
+      assert ours["img_per_s"] > 0 and ours["dims"] and ours["peak_mem_gib"] > 0
+      if torch_ok:
+        assert ours["ratio_vs_hf"] > 0
+  assert [r["scan_layers"] for r in by("images_l16", impl="mae_jax")] == [True, False]
+  if torch_ok:
+    assert {r["impl"] for r in by("images_b16")} == {"mae_jax", "hf_vitmae", "official_mae"}
+    # the second call of images_l16 has no HF row of its own: the part's first one counts
+    hf, scan, plain = by("images_l16", impl="hf_vitmae") + by("images_l16", impl="mae_jax")
+    assert plain["ratio_vs_hf"] == pytest.approx(plain["img_per_s"] / hf["img_per_s"])
+    assert "another call" in plain["ratio_vs_hf_note"] and "ratio_vs_hf_note" not in scan
+    assert [(r["impl"], r["model"]) for r in by("torch_compile")] == [
+        ("hf_vitmae", "vit-tiny/4"), ("official_mae_compile", "vit-tiny/4"),
+        ("hf_vitmae", "vit-tiny/7"), ("official_mae_compile", "vit-tiny/7")]
+    assert all(r["ratio_vs_hf"] > 0 for r in by("torch_compile", impl="official_mae_compile"))
+    assert by("video", impl="hf_videomae")[0]["num_frames"] == 4
+  (cache,) = by("compile_cache")
+  assert cache["cache_entries"] > 0 and cache["compile_warm_s"] > 0
+  assert cache["compile_cold_s"] == by("images_b16", impl="mae_jax")[0]["compile_s"]
+  dry, real = by("vit_h_fit")
+  assert (dry["check"], dry["fits"], real["check"], real["fits"]) == (
+      "dry_run", None, "allocated", True)   # the CPU has no memory limit to check against
+  assert dry["remat"] == real["remat"] == "full" and dry["peak_gib"] > 0
+  assert {r["path"]: r.get("skipped", "")[:13] for r in by("input_pipeline")} == {
+      "grain": "not installed", "grain_fast": "not installed", "pil_numpy": ""}
+  assert by("input_pipeline", path="pil_numpy")[0]["img_per_s"] > 0
+  ours, plain = by("plain_jax")
+  assert (ours["impl"], plain["impl"]) == ("mae_jax", "plain_jax") and ours["ratio_vs_plain"] > 0
+  science = {(r["what"], r.get("init"), r.get("seed")): r for r in by("science")}
+  assert set(science) == {("pretrain", None, None), ("raw_pixels_logreg", None, None),
+                          ("summary", None, None), ("finetune", "mae", 0),
+                          ("finetune", "mae", 1), ("finetune", "scratch", 0),
+                          ("finetune", "scratch", 1)}
+  summary = science[("summary", None, None)]
+  assert summary["mae_mean"] == pytest.approx(
+      np.mean([science[("finetune", "mae", s)]["top1"] for s in (0, 1)]))
+  assert summary["verdict"] and 0.1 < summary["raw_pixels_top1"] <= 1.0
+
+
+def test_device_suite_runner_stops_a_part_that_fails_or_hangs():
+  """Isolated parts: a crash and a hang each become one line; the runner goes on."""
+  suite = _load("device_suite")
+  assert suite.run_isolated([sys.executable, "-c", "pass"], 60) is None
+  failed = suite.run_isolated([sys.executable, "-c", "raise SystemExit('no GPU here')"], 60)
+  assert failed == "exit status 1: no GPU here"
+  assert suite.run_isolated([sys.executable, "-c", "import time; time.sleep(60)"],
+                            1) == "timeout: stopped after 1 s"
+  assert suite.slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+
+
+def test_science_crop_with_the_whole_image_is_the_image_or_its_mirror():
+  import jax
+  import jax.numpy as jnp
+  science = _load("fmnist_science")
+  images = jax.random.uniform(jax.random.key(0), (16, 28, 28, 1))
+  out = science.random_resized_crop(jax.random.key(1), images, (1.0, 1.0), ratio=(1.0, 1.0))
+  same = jnp.all(jnp.abs(out - images) < 1e-5, axis=(1, 2, 3))
+  mirrored = jnp.all(jnp.abs(out - images[:, :, ::-1]) < 1e-5, axis=(1, 2, 3))
+  assert bool(jnp.all(same | mirrored)) and 0 < int(same.sum()) < 16
+
+
+def test_device_suite_wrapper_passes_its_arguments_on():
+  proc = subprocess.run([os.path.join(BENCH, "device_suite.sh"), "--help"], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "--smoke" in proc.stdout and "--science" in proc.stdout
+
+
+def test_readme_performance_tables_are_what_the_results_render():
+  """The README's tables come from ``benchmarks/results/`` (``python benchmarks/tables.py``
+  rewrites them); a typed number or a results file changed without re-rendering fails."""
+  tables = _load("tables")
+  with open(tables.README) as f:
+    text = f.read()
+  names = [m.group(2) for m in tables.REGION.finditer(text)]
+  assert sorted(names) == sorted(tables.TABLES)
+  assert tables.render_file(text, tables.load()) == text, (
+      "README tables are stale: run python benchmarks/tables.py")
+
+
+def _suite_rows(device="NVIDIA H200", date="2026-12-01", b16=6400.0):
+  common = dict(suite="full", date=date, driver="570.1", commit="abcdef0123",
+                versions={"jax": "0.11.2", "torch": "2.9"}, backend="gpu", device=device)
+  return [dict(common, part="env", impl="environment"),
+          dict(common, part="images_b16", impl="hf_vitmae", model="vit-base/16",
+               attention="sdpa", img_per_s=3459.0, mfu=0.205, peak_mem_gib=30.0,
+               first_step_s=3.0),
+          dict(common, part="images_b16", impl="mae_jax", model="vit-base/16",
+               attention="cudnn", scan_layers=False, img_per_s=b16, mfu=b16 * 58.69e9 / 989e12,
+               peak_mem_gib=21.5, compile_s=40.0, ratio_vs_hf=b16 / 3459.0),
+          dict(common, part="images_l16", impl="mae_jax", model="vit-large/16",
+               attention="cudnn", error="XlaRuntimeError: RESOURCE_EXHAUSTED"),
+          dict(common, part="compile_cache", impl="mae_jax", model="vit-base/16",
+               attention="cudnn", compile_cold_s=40.0, compile_warm_s=4.0, warm_speedup=10.0),
+          dict(common, part="vit_h_fit", impl="mae_jax", model="vit-huge/14", batch=256,
+               remat="full", check="dry_run", fits=True, peak_gib=60.25),
+          dict(common, part="input_pipeline", impl="input_pipeline", path="grain",
+               skipped="not installed"),
+          dict(common, part="video", error="timeout: stopped after 60 s")]
+
+
+def test_gpu_table_renders_the_latest_suite_run_and_says_when_there_is_none(tmp_path):
+  tables = _load("tables")
+  assert "No GPU measurement" in tables.gpu_suite([])
+  for name, rows in (("nvidia_h200_2026-12-01.jsonl", _suite_rows()),
+                     ("nvidia_h200_2026-12-03.jsonl", _suite_rows(date="2026-12-03", b16=7000.0)),
+                     ("cpu_2026-12-05.jsonl", [dict(r, backend="cpu", suite="smoke")
+                                               for r in _suite_rows(date="2026-12-05")])):
+    (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  text = tables.gpu_suite(tables.load(str(tmp_path)))
+  assert "Measured 2026-12-03 on one NVIDIA H200" in text and "`abcdef0`" in text
+  assert "| vit-base/16 | mae_jax | cudnn | off | 7,000 | 41.5% | 21.5 | 40.0 | 2.02x |" in text
+  assert "| vit-base/16 | Hugging Face ViTMAE (sdpa) | sdpa | - | 3,459 | 20.5% |" in text
+  assert "| vit-large/16 | mae_jax | cudnn | - | error: XlaRuntimeError: RESOURCE_EXHAUSTED" in text
+  assert "40.0 s cold, 4.0 s from the persistent cache in a fresh process (10.0x)" in text
+  assert "vit-huge/14, batch 256, remat=full, XLA's estimate from shapes: fits (60.2 GiB)" in text
+  assert "`grain`: skipped (not installed)" in text
+  assert "Part `video` failed: timeout: stopped after 60 s" in text
+
+
+def test_plain_jax_table_reads_both_rows_of_a_run(tmp_path):
+  tables = _load("tables")
+  base = dict(case="clips", model="vit-small/16", num_frames=16, image_size=112, tubelet_size=2,
+              masking="tube", mask_ratio=0.9, batch=2, device="cpu", cpu_cores=1, steps=2,
+              repeats=3, load_avg_1m=2.5)
+  rows = [dict(base, impl="mae_jax", img_per_s=0.9, ratio_vs_plain=0.9 / 0.8,
+               ratio_vs_plain_cpu_time=1.02),
+          dict(base, impl="plain_jax", img_per_s=0.8)]
+  (tmp_path / "plain_jax_cpu_2026-12-06.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  text = tables.plain_jax(tables.load(str(tmp_path)))
+  assert ("| clips | vit-small/16, 16x112x112, tubelet 2, tube masking 0.9 | 2 | cpu, 1 pinned "
+          "core | 0.90 clips/s | 0.80 clips/s | **1.12x** | 1.02x | 2.5 |") in text
+  assert "3 windows of 2 steps" in text and "`results/plain_jax_cpu_2026-12-06.jsonl`" in text
