@@ -38,17 +38,23 @@ def pixel_scale(dtype) -> float:
   return PIXEL_SCALES[name]
 
 
+def read_image_bytes(path: str, hint: str = "") -> bytes:
+  """The bytes of one image file (local or ``gs://``); a ``CorruptImageError`` naming
+  it (and ``hint``, what to do) when it cannot be read."""
+  try:
+    return fileio.read_bytes(path)
+  except OSError as e:
+    reason = e.strerror or str(e)
+    raise CorruptImageError(f"{path} cannot be read ({reason}).{' ' + hint if hint else ''}",
+                            what=f"{path} ({reason})") from None
+
+
 def read_array(path, channels: int) -> np.ndarray:
   """The ``.npy`` or TIFF file at ``path`` (local or ``gs://``) as ``[H, W, C]`` with
   ``C`` = ``channels`` (or 1, repeated later); ``CorruptImageError`` naming the file
   when it cannot be read, and a ``DataError`` for a shape or type mae_jax cannot use."""
   path = str(path)
-  try:
-    data = fileio.read_bytes(path)
-  except OSError as e:
-    reason = e.strerror or str(e)
-    raise CorruptImageError(f"{path} cannot be read ({reason}).",
-                            what=f"{path} ({reason})") from None
+  data = read_image_bytes(path)
   try:
     if path.lower().endswith(".npy"):
       array = np.load(io.BytesIO(data), allow_pickle=False)

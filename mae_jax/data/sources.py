@@ -209,12 +209,7 @@ def read_image(path, channels: int = 3, lazy_jpeg: bool = False):
   """
   from mae_jax.data import jpeg
   image_mode(channels)
-  try:
-    data = fileio.read_bytes(path)
-  except OSError as e:
-    reason = e.strerror or str(e)
-    raise CorruptImageError(f"{path} cannot be read ({reason}). {jpeg.SKIP_HINT}",
-                            what=f"{path} ({reason})") from None
+  data = arrays.read_image_bytes(path, jpeg.SKIP_HINT)
   if lazy_jpeg and data[:2] == b"\xff\xd8":
     return jpeg.JpegImage(data, channels, str(path))
   return decode_image(data, channels, str(path))
