@@ -202,7 +202,7 @@ CASES = [
          r"num_train_steps=-5 must be an integer >= 0"),
     case("pretrain/image-size-zero", (*PRETRAIN, "--workdir={new}",
                                       "--config.data.image_size=0"),
-         r"data.image_size=0 must be an integer >= 1"),
+         r"data.image_size=0 must be an integer or a pair of integers"),
     case("pretrain/heads-zero", (*PRETRAIN, "--workdir={new}", "--config.model.num_heads=0"),
          r"model.num_heads=0 must be an integer >= 1"),
     case("pretrain/rrc-scale-reversed", (*PRETRAIN, "--workdir={new}",
