@@ -192,24 +192,24 @@ def worker() -> dict:
   assert jax.device_count() == 8, jax.devices()
   rng = np.random.default_rng(0)
   report = {}
-  for name, overrides in (("hog", dict(target="hog", hog_cell=7)),
-                          ("teacher", dict(target="teacher", teacher_top_k=1)),
-                          ("contrastive", dict(contrastive=0.5)),
-                          ("teacher_contrastive", dict(target="teacher", teacher_top_k=1,
-                                                       contrastive=0.5))):
-    config = parallel_config(steps=3)
+  # each objective on one device and on a mesh of 8: the data axis alone for HOG and
+  # the contrastive term (its negatives cross every device), data x fsdp x model for
+  # the teacher (its params sharded like the student's)
+  for name, overrides, mesh_shape in (
+      ("hog", dict(target="hog", hog_cell=7), (8, 1, 1)),
+      ("teacher", dict(target="teacher", teacher_top_k=1), (2, 2, 2)),
+      ("contrastive", dict(contrastive=0.5), (8, 1, 1))):
+    config = parallel_config(steps=2)
     config.model.update(**overrides)
     images = [rng.normal(size=(config.batch_size, 28, 28, 1)).astype(np.float32)
-              for _ in range(3)]
+              for _ in range(2)]
     report[name] = {"1": _run(config, images, jax.devices()[:1], (1, 1, 1))[0]}
-    for mesh_shape in ((8, 1, 1), (2, 2, 2)):
-      result, state, shardings = _run(config, images, jax.devices(), mesh_shape)
-      report[name]["x".join(map(str, mesh_shape))] = result
-      if hasattr(state, "teacher"):
-        same = jax.tree.map(lambda t, p: t.sharding.is_equivalent_to(p.sharding, t.ndim),
-                            state.teacher, targets.encoder_params(state.params))
-        report[name].setdefault("teacher_sharded_like_params", []).append(
-            all(jax.tree.leaves(same)))
+    result, state, _ = _run(config, images, jax.devices(), mesh_shape)
+    report[name]["x".join(map(str, mesh_shape))] = result
+    if hasattr(state, "teacher"):
+      same = jax.tree.map(lambda t, p: t.sharding.is_equivalent_to(p.sharding, t.ndim),
+                          state.teacher, targets.encoder_params(state.params))
+      report[name]["teacher_sharded_like_params"] = [all(jax.tree.leaves(same))]
   for name, overrides in (("video_hog", dict(target="hog", hog_cell=4)),
                           ("video_teacher_contrastive", dict(target="teacher", teacher_top_k=1,
                                                              contrastive=0.5))):
@@ -231,12 +231,12 @@ def worker() -> dict:
 
 @pytest.fixture(scope="module")
 def report(fmnist_available):
-  return eight_device_report(__file__)
+  return eight_device_report(__file__, timeout=900)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["hog", "teacher", "contrastive", "teacher_contrastive",
-                                  "video_hog", "video_teacher_contrastive"])
+@pytest.mark.parametrize("name", ["hog", "teacher", "contrastive", "video_hog",
+                                  "video_teacher_contrastive"])
 def test_every_objective_gives_one_devices_loss_on_8(report, name):
   runs = report[name]
   for mesh, result in runs.items():
@@ -328,6 +328,9 @@ def test_encoder_of_another_target_probes_exports_and_draws(resumed, name, tmp_p
   assert "blocks.0.attn.qkv.weight" in sd
   assert not any(k.startswith(("decoder", "mask_token")) for k in sd)   # encoder only
   proc = run_cli("export", f"--workdir={workdir}", "--format=hf", f"--out={tmp_path}/hf")
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert proc.returncode == 2 and len(lines) == 1 and f"model.target={name}" in lines[0]
+  proc = run_cli("analyze", f"--workdir={workdir}", f"--out={tmp_path}/analysis")
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert proc.returncode == 2 and len(lines) == 1 and f"model.target={name}" in lines[0]
   run_cli("visualize", f"--workdir={workdir}", f"--out={tmp_path}/g.png", "--num_images=2",
