@@ -129,12 +129,8 @@ class MaskedAutoencoder(nn.Module):
     ``mask_ratio=0`` with no noise encodes every patch in order (features for
     probes and analysis).
     """
-    self._check_channels(images)
-    grid = self._grid(images)
     ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-    pos = self._pos(self.embed_dim, grid)
-    prefix = int(self.use_cls_token)
-    x = self.patch_embed(images).astype(jnp.float32) + pos[None, prefix:]
+    x, pos, grid = self._embed(images)
     x = constrain(x, ("batch", "length", "act_embed"))
     b, length, _ = x.shape
     if ratio == 0.0 and noise is None:
@@ -144,26 +140,33 @@ class MaskedAutoencoder(nn.Module):
       rng = None if noise is not None else self.make_rng("masking")
       x, mask, ids_restore = masking.random_masking(x, ratio, rng=rng, noise=noise,
                                                     strategy=self.masking, grid=grid)
-    if self.use_cls_token:
-      cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
-      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, x.shape[-1])), x], axis=1)
-    x = run_blocks(self.blocks, x, True, self.depth)
+    x = run_blocks(self.blocks, self._with_cls(x, pos), True, self.depth)
     return self.norm(x), mask, ids_restore
+
+  def _embed(self, images: jax.Array):
+    """``(patch embeddings + their fixed positions [B, L, D], the table, the grid)``."""
+    self._check_channels(images)
+    grid = self._grid(images)
+    pos = self._pos(self.embed_dim, grid)
+    x = self.patch_embed(images).astype(jnp.float32) + pos[None, int(self.use_cls_token):]
+    return x, pos, grid
+
+  def _with_cls(self, x: jax.Array, pos: jax.Array) -> jax.Array:
+    """``x`` with the cls token (+ its zero position) prepended, if the model has one."""
+    if not self.use_cls_token:
+      return x
+    cls = self.cls_token.astype(jnp.float32) + pos[None, :1]
+    return jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
 
   def teacher_features(self, images: jax.Array) -> jax.Array:
     """``[B, L, D]``: the average of the top ``teacher_top_k`` block outputs on the
     unmasked input, each instance-normalised (data2vec 2.0's target; cls dropped).
     Applied with the EMA teacher's encoder params (``targets.teacher_targets``)."""
-    self._check_channels(images)
     if not isinstance(self.blocks, (list, tuple)):
       raise ValueError("model.target=teacher needs model.scan_layers=False")
-    grid = self._grid(images)
-    pos = self._pos(self.embed_dim, grid)
+    x, pos, _ = self._embed(images)
+    x = self._with_cls(x, pos)
     prefix = int(self.use_cls_token)
-    x = self.patch_embed(images).astype(jnp.float32) + pos[None, prefix:]
-    if self.use_cls_token:
-      cls = (self.cls_token.astype(jnp.float32) + pos[None, :1])
-      x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
     outputs = []
     for blk in self.blocks:
       x = blk(x, True)
