@@ -175,6 +175,13 @@ def summarise(rows: list[dict]) -> dict:
   return out
 
 
+def verdict(row: dict, base: dict) -> str:
+  """`` (clear)`` when the difference of the means exceeds twice its standard error."""
+  n = len(row["values"])
+  se = ((row["std"] ** 2 + base["std"] ** 2) / max(n, 1)) ** 0.5
+  return " (clear)" if abs(row["mean"] - base["mean"]) > 2 * se else " (within noise)"
+
+
 def markdown(report: dict) -> str:
   s, a = report["summary"], report["args"]
   pm = lambda d: f"{d['mean']:.1f} ± {d['std']:.1f}"
@@ -206,13 +213,18 @@ def markdown(report: dict) -> str:
       if arm == "pixels":
         continue
       diffs = ", ".join(f"{k.replace('_top1', '').replace('_', ' ')} "
-                        f"{row[k]['mean'] - base[k]['mean']:+.1f}" for k in METRICS)
+                        f"{row[k]['mean'] - base[k]['mean']:+.1f}{verdict(row[k], base[k])}"
+                        for k in METRICS)
       lines.append(f"* {arm}: {diffs}")
+    lines += ["", "(clear: the difference is more than twice its standard error over seeds, "
+              "sqrt((s1^2 + s2^2) / n); otherwise within noise)"]
+  for note in report.get("notes", []):
+    lines += ["", note]
   if a["ft_steps"] < 600 or a["budget"] < 310 or a["probe_train"] < 10000:
     lines += ["", "**A reduced protocol**, sized to finish in about 40 minutes on one core "
               "of a shared 2-core machine: the full one (the demo's ~310 CPU seconds of "
               "pretraining, its 10,000 / 10,000-image probe, the 600-step fine-tune on all "
-              "10,000 test images) takes about 15 CPU minutes per run, 4 hours for the 15. "
+              "10,000 test images) takes about 10-15 CPU minutes per run, 3-4 hours for the 15. "
               f"Here pretraining gets {a['budget']:g} CPU seconds "
               f"({100 * a['budget'] / 310:.0f}% of the demo's), so every encoder is far "
               f"from trained, and {a['ft_steps']} fine-tuning steps are too few for "

@@ -336,7 +336,8 @@ def test_objectives_report_means_stds_and_differences(tmp_path):
                 seconds_per_step={a: 0.25 for a in bench.ARMS}, steps={a: 100 for a in bench.ARMS})
   md = bench.markdown(report)
   assert "| hog | 0.250 | 100 | 82.2 ± 0.2 | 54.0 ± 0.0 | 30.0 ± 0.0 |" in md
-  assert "* hog: linear probe +2.0, knn +4.0, finetune +0.0" in md
+  assert ("* hog: linear probe +2.0 (clear), knn +4.0 (clear), finetune +0.0 (within noise)"
+          in md)
   assert "A reduced protocol" in md and bench.FULL_COMMAND in md
   assert "A reduced protocol" not in bench.markdown(
       dict(report, args=dict(args, budget=310.0, ft_steps=600, probe_train=10000)))
