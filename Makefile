@@ -47,10 +47,10 @@ TEST_WORKERS ?= 2
 test: $(VENV)/.test dataset
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
-# The inner loop (about a minute): the model, masking, losses, schedules, data order,
+# The inner loop (about a minute): the model, masking, losses and targets, schedules, data order,
 # configs and the command line, without the slow tests and those that start processes.
 FAST_TESTS := masking model attention pos_resize optim data finetune_augment uint8_input \
-  video_data loop structure cli multispectral
+  video_data loop structure cli multispectral targets
 test-fast: $(VENV)/.test dataset
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 	  -m "not slow and not multiprocess" $(FAST_TESTS:%=tests/test_%.py)

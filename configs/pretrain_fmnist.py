@@ -1,15 +1,28 @@
 """The demo: a tiny MAE pretrained on Fashion-MNIST (28x28, patch 4) on a laptop CPU.
 
 mae-jax pretrain --config=configs/pretrain_fmnist.py --workdir=/tmp/mae_fmnist
-Arg: ``steps=N`` shortens the run (e.g. ``--config=configs/pretrain_fmnist.py:steps=60``).
+Arg: ``steps=N`` shortens the run (e.g. ``--config=configs/pretrain_fmnist.py:steps=60``);
+``target=hog`` / ``target=teacher`` change what the decoder predicts and
+``contrastive=W`` adds the InfoNCE term (``mae_jax.models.targets``;
+``benchmarks/objectives.py`` compares them):
+
+* ``hog``: MaskFeat's HOG over 4x4 cells (one cell per 4x4 patch; MaskFeat's 8x8 cells
+  need 16x16 patches);
+* ``teacher``: data2vec 2.0's EMA teacher, the top 3 of the 4 blocks (data2vec 2.0:
+  10 of 12), its decay from 0.99 to 1 over the run: data2vec 2.0's 0.9998 would leave
+  the teacher at its random start for a run of 1,200 steps;
+* ``contrastive=W``: two masked views per image, InfoNCE at temperature 0.1.
 """
 from mae_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, steps=1200, variant="tiny/4")
+  arg = config_lib.parse_arg(arg, steps=1200, variant="tiny/4", target="pixels",
+                             contrastive=0.0)
   c = config_lib.pretrain_defaults(arg.variant)
   c.model.norm_pix_loss = False   # plain pixels give visibly better 28x28 reconstructions
+  c.model.update(target=arg.target, hog_cell=4, contrastive=arg.contrastive,
+                 teacher_top_k=min(3, c.model.depth), teacher_momentum=(0.99, 1.0))
   c.data.update(name="fashion_mnist", source="auto", split="train", eval_split="test",
                 image_size=28, channels=1, num_threads=0)
   c.data.augment.rrc_scale = (0.35, 1.0)

@@ -65,7 +65,23 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
       **dims, norm_pix_loss=True, mask_ratio=0.75, dtype="float32", param_dtype="float32",
       attention="xla", remat="none", masking="random", tubelet_size=0, use_cls_token=True,
       pos_table="sincos", decoder_embed_bias=True, norm_pix_per_channel=False,
-      decoder_norm_eps=1e-6, scan_layers=False))
+      decoder_norm_eps=1e-6, scan_layers=False, **objective_defaults()))
+
+
+def objective_defaults() -> dict:
+  """What the decoder predicts and the extra term (``mae_jax.models.targets``).
+
+  ``target``: ``pixels`` (with ``norm_pix_loss``), ``hog`` (MaskFeat; cells of
+  ``hog_cell`` pixels, a divisor of the patch size) or ``teacher`` (data2vec 2.0: the
+  average of the top ``teacher_top_k`` blocks of an EMA copy of the encoder, its
+  momentum rising linearly from ``teacher_momentum[0]`` to ``[1]`` over
+  ``teacher_momentum_steps`` optimizer updates, 0: the whole run). ``contrastive`` > 0
+  adds that weight of an InfoNCE loss between two masked views of each image
+  (temperature ``contrastive_temperature``, a projection to ``contrastive_dim``).
+  """
+  return dict(target="pixels", hog_cell=8, teacher_top_k=8,
+              teacher_momentum=(0.9998, 1.0), teacher_momentum_steps=0,
+              contrastive=0.0, contrastive_temperature=0.1, contrastive_dim=256)
 
 
 def video_defaults(c: ml_collections.ConfigDict, *, tubelet_size: int = 2,

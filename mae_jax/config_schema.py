@@ -166,6 +166,11 @@ def _masking_strategies():
   return masking.STRATEGIES
 
 
+def _targets():
+  from mae_jax.models import targets
+  return targets.TARGETS
+
+
 def _attentions():
   from mae_jax.models import attention
   return attention.IMPLEMENTATIONS
@@ -271,6 +276,14 @@ SCHEMA: dict[str, Rule] = {
     "model.pos_table": Str(_pos_tables),
     "model.decoder_embed_bias": Bool(),
     "model.decoder_norm_eps": Float(0, low_open=True),
+    "model.target": Str(_targets),
+    "model.hog_cell": Int(1, hint="MaskFeat uses 8 (16x16 patches)"),
+    "model.teacher_top_k": Int(1, hint="data2vec 2.0 averages the top 10 of 12 blocks"),
+    "model.teacher_momentum": Rule(PAIR, 0, 1, hint="(start, end) of the EMA decay"),
+    "model.teacher_momentum_steps": Int(0, hint="0: the whole run"),
+    "model.contrastive": Float(0, hint="0: off"),
+    "model.contrastive_temperature": Float(0, low_open=True),
+    "model.contrastive_dim": Int(1),
     "model.pool": Str(_pools),
     "model.drop_path": Float(0, 1, high_open=True),
     "model.head_init_std": Float(0),
@@ -422,6 +435,18 @@ def _cross_key_rules(c) -> Iterator[str]:
       yield (f"model.{what}embed_dim={width} must be divisible by {need} for the "
              f"{3 if tubelet else 2}-D sin-cos position table"
              f"{' (or set model.pos_table=sinusoid_1d)' if tubelet else ''}.")
+  # ---- the target
+  target = m.get("target", "pixels")
+  if task == "pretrain" and target == "hog" and patch % m.hog_cell:
+    yield (f"model.hog_cell={m.hog_cell} does not divide model.patch_size={patch}; HOG "
+           "cells tile each patch (MaskFeat: 8 for patch 16; e.g. 4 for patch 4).")
+  if task == "pretrain" and target == "teacher":
+    if m.teacher_top_k > m.depth:
+      yield (f"model.teacher_top_k={m.teacher_top_k} is more than the encoder's "
+             f"model.depth={m.depth} blocks; average at most {m.depth}.")
+    if m.get("scan_layers", False):
+      yield ("model.target=teacher reads every block's output: set "
+             "model.scan_layers=False.")
   # ---- clips
   video = _get(c, "data.video")
   if tubelet and video is None:

@@ -164,6 +164,40 @@ def reconstruction_rows(images: np.ndarray, pred: np.ndarray, mask: np.ndarray,
   return rows.reshape((-1,) + rows.shape[2:]) if tubelet else rows
 
 
+TARGET_WORDS = {"hog": "HOG features (MaskFeat)", "teacher": "an EMA teacher's features"}
+
+
+def target_labels(target: str) -> list[str]:
+  """Column titles of ``masked_rows`` for a model whose target is not pixels."""
+  return ["original", f"masked; the model predicts {TARGET_WORDS.get(target, target)} of "
+          "the hidden patches, not pixels: no reconstruction to draw"]
+
+
+def target_header(target: str, clips: bool = False):
+  labels = target_labels(target)
+  return labels if not clips else "rows of each clip: " + "; ".join(labels)
+
+
+def masked_rows(images: np.ndarray, mask: np.ndarray, patch_size: int, mean, std,
+                tubelet: int = 0) -> np.ndarray:
+  """[B, 2, H, W, C] in [0, 1]: the original and its visible patches (hidden ones grey),
+  for a model whose predictions are not pixels (``model.target`` hog / teacher).
+  Clips give ``[B * 2, T, H, W, C]`` as ``reconstruction_rows``."""
+  images = np.asarray(images, np.float32)
+  channels = images.shape[-1]
+  if tubelet:
+    grid = masking.clip_grid(images.shape[1:4], patch_size, tubelet)
+  else:
+    grid = masking.grid_size(images.shape[1:3], patch_size)
+  dim = patch_size ** 2 * channels * max(tubelet, 1)
+  pixel_mask = np.asarray(masking.unpatchify_any(
+      np.repeat(np.asarray(mask, np.float32)[..., None], dim, -1),
+      patch_size, tubelet, grid, channels))
+  shown = denormalize(images, mean, std)
+  rows = np.stack([shown, shown * (1 - pixel_mask) + 0.5 * pixel_mask], axis=1)
+  return rows.reshape((-1,) + rows.shape[2:]) if tubelet else rows
+
+
 def grid_image(rows: np.ndarray, scale: int = 1, pad: int = 2, header=None) -> np.ndarray:
   """[B, K, H, W, C] floats in [0, 1] -> one uint8 RGB image, a row per example.
 

@@ -555,3 +555,28 @@ def test_plain_jax_table_reads_both_rows_of_a_run(tmp_path):
   assert ("| clips | vit-small/16, 16x112x112, tubelet 2, tube masking 0.9 | 2 | cpu, 1 pinned "
           "core | 0.90 clips/s | 0.80 clips/s | **1.12x** | 1.02x | 2.5 |") in text
   assert "3 windows of 2 steps" in text and "`results/plain_jax_cpu_2026-12-06.jsonl`" in text
+
+
+def test_objectives_report_means_stds_and_differences(tmp_path):
+  """``benchmarks/objectives.py``'s summary: mean and sample std over seeds in %, the
+  differences to plain pixels, and a reduced run says it is one."""
+  bench = _load("objectives")
+  rows = [dict(arm=arm, seed=s, linear_probe_top1=0.80 + 0.01 * i + 0.002 * s,
+               knn_top1=0.5 + 0.02 * i, finetune_top1=0.3)
+          for i, arm in enumerate(bench.ARMS) for s in range(3)]
+  summary = bench.summarise(rows)
+  probe = summary["hog"]["linear_probe_top1"]
+  np.testing.assert_allclose(probe["values"], [82.0, 82.2, 82.4])
+  np.testing.assert_allclose([probe["mean"], probe["std"]], [82.2, 0.2])
+  args = dict(budget=25.0, ft_steps=30, ft_eval=1000, probe_train=2000, probe_test=1000,
+              seeds=[0, 1, 2])
+  report = dict(summary=summary, args=args, date="2026-01-02", hardware="a CPU",
+                total_minutes=40, command="python benchmarks/objectives.py --budget=25",
+                seconds_per_step={a: 0.25 for a in bench.ARMS}, steps={a: 100 for a in bench.ARMS})
+  md = bench.markdown(report)
+  assert "| hog | 0.250 | 100 | 82.2 ± 0.2 | 54.0 ± 0.0 | 30.0 ± 0.0 |" in md
+  assert ("* hog: linear probe +2.0 (clear), knn +4.0 (clear), finetune +0.0 (within noise)"
+          in md)
+  assert "A reduced protocol" in md and bench.FULL_COMMAND in md
+  assert "A reduced protocol" not in bench.markdown(
+      dict(report, args=dict(args, budget=310.0, ft_steps=600, probe_train=10000)))

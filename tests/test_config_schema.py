@@ -16,7 +16,9 @@ from mae_jax.errors import ConfigError
 # Shipped configs holding every declared key between them; the first that has a key
 # is the base of its cases (the command is the config's task).
 BASES = ("pretrain_fmnist", "finetune_fmnist", "linprobe_fmnist", "pretrain_video_fmnist")
-CONFIG_ARGS = {"pretrain_imagenet": ("runlocal", "variant=L/16"),
+CONFIG_ARGS = {"pretrain_imagenet": ("runlocal", "variant=L/16", "target=hog,runlocal",
+                                     "target=teacher,runlocal", "contrastive=0.045,runlocal"),
+               "pretrain_fmnist": ("target=hog", "target=teacher", "contrastive=0.1"),
                "finetune_imagenet": ("runlocal",), "linprobe_imagenet": ("runlocal",),
                "pretrain_video_kinetics": ("runlocal",)}
 

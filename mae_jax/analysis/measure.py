@@ -158,6 +158,12 @@ def analyze_workdirs(workdir: str, out: str, compare: str | None = None,
         "mae-jax analyze", "Its measures (attention distance in pixels, influence over "
         "the 2-D patch grid) are defined for image MAEs; look at a video MAE with "
         "mae-jax visualize.")
+    target = workdir_lib.read_config(workdir_lib.resolve(path)[0]).model.get("target", "pixels")
+    if target != "pixels":
+      raise UserError(f"{path} holds a model pretrained with model.target={target}; mae-jax "
+                      "analyze compares pixel reconstructions with interpolation baselines, "
+                      "which needs a model that predicts pixels. Probe or fine-tune its "
+                      "encoder instead (mae-jax linprobe / finetune).")
   loaded = [loading.load_mae(workdir, use="mae-jax analyze")]
   if compare:
     loaded.append(loading.load_mae(compare, use="mae-jax analyze"))

@@ -84,6 +84,15 @@ def run(fv, args):
   loss, pred, mask = jax.jit(lambda p, x: model.apply(
       {"params": p}, x, train=False, rngs={"masking": jax.random.key(fv.seed)}))(
           loaded.params, images)
+  target = cfg.model.get("target", "pixels")
+  if target != "pixels":  # (predictions of HOG or teacher features: no picture of them)
+    viz.save_png(viz.grid_image(viz.masked_rows(images, mask, cfg.model.patch_size, mean, std,
+                                                tubelet),
+                                scale=viz.default_scale(cfg.data.image_size),
+                                header=viz.target_header(target, clips=bool(tubelet))), fv.out)
+    logging.info("wrote %s (step %d, mask ratio %.2f; model.target=%s: the masked input "
+                 "only)", fv.out, loaded.step, model.mask_ratio, target)
+    return
   norm_pix = bool(cfg.model.norm_pix_loss)
   if not norm_pix and fv.patch_stats != "visible":
     logging.info("the model predicts plain pixels: --patch_stats=%s changes nothing",

@@ -116,17 +116,34 @@ def _listing(items, limit: int = _MAX_LISTED) -> str:
   return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
+# Pretraining-only heads no format holds: the contrastive projection (model.contrastive).
+NOT_EXPORTED = ("contrastive_proj",)
+
+
 def to_torch_state_dict(params, config, format: str) -> dict[str, np.ndarray]:
   """Our params (for ``config``) as a PyTorch state dict of float32 NumPy arrays.
+
+  A model whose target is not pixels (``model.target`` hog / teacher) exports its
+  encoder only (``official``: as the released encoder-only ``mae_pretrain_vit_*.pth``;
+  ``hf`` refuses); the contrastive projection head is never exported.
 
   ``official``: the full ``MaskedAutoencoderViT``; ``timm``: the encoder as a
   ``VisionTransformer``; ``hf``: ``ViTMAEForPreTraining`` (Hub key names). The
   fixed sin-cos position tables are written for ``config.data.image_size``.
   """
   from mae_jax.models import registry
-  flat = {p: np.asarray(v, np.float32) for p, v in _flatten(_plain_params(params)).items()}
+  flat = {p: np.asarray(v, np.float32) for p, v in _flatten(_plain_params(params)).items()
+          if not p[0].startswith(NOT_EXPORTED)}
   model = registry.build_mae(config)
-  expected = _abstract_params(model, config)
+  expected = {p: s for p, s in _abstract_params(model, config).items()
+              if not p[0].startswith(NOT_EXPORTED)}
+  target = config.model.get("target", "pixels")
+  with_decoder = names.layout(format).decoder is not None and target == "pixels"
+  if target != "pixels" and format in ("hf", "videomae"):
+    raise UserError(
+        f"model.target={target}: --format={format} holds a pixel decoder, and this model's "
+        "decoder predicts other values; export the encoder with --format=timm or "
+        "--format=official (encoder only, as the released mae_pretrain_vit_*.pth).")
   missing = sorted(_path(p) for p in set(expected) - set(flat))
   extra = sorted(_path(p) for p in set(flat) - set(expected))
   wrong = [f"{_path(p)} {flat[p].shape} (config: {s})" for p, s in sorted(expected.items())
@@ -141,8 +158,7 @@ def to_torch_state_dict(params, config, format: str) -> dict[str, np.ndarray]:
   if check is not None:
     check(config)
   m = config.model
-  entries = names.entries(format, int(m.depth),
-                          None if names.layout(format).decoder is None else int(m.decoder_depth))
+  entries = names.entries(format, int(m.depth), int(m.decoder_depth) if with_decoder else None)
   tables = _tables(config) if any(e.kind == names.POS for e in entries) else {}
   out = {}
   for e in entries:

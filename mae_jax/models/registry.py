@@ -92,7 +92,13 @@ def build_mae(config):
                decoder_embed_bias=bool(m.get("decoder_embed_bias", True)),
                norm_pix_per_channel=bool(m.get("norm_pix_per_channel", False)),
                decoder_norm_eps=float(m.get("decoder_norm_eps", 1e-6)))
-  return MaskedAutoencoder(**video,
+  # workdirs written before model.target existed predicted pixels, with no contrastive term
+  objective = dict(target=m.get("target", "pixels"), hog_cell=int(m.get("hog_cell", 8)),
+                   teacher_top_k=int(m.get("teacher_top_k", 1)),
+                   contrastive=float(m.get("contrastive", 0.0)),
+                   contrastive_temperature=float(m.get("contrastive_temperature", 0.1)),
+                   contrastive_dim=int(m.get("contrastive_dim", 256)))
+  return MaskedAutoencoder(**video, **objective,
       patch_size=m.patch_size, in_chans=config.data.channels, embed_dim=m.embed_dim,
       depth=m.depth, num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim,
       decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,

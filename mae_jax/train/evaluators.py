@@ -23,7 +23,7 @@ import numpy as np
 
 from mae_jax import fileio, viz
 from mae_jax.data import pipeline
-from mae_jax.models import registry
+from mae_jax.models import registry, targets
 from mae_jax.parallel import mesh as mesh_lib
 from mae_jax.parallel import sharding as sharding_lib
 from mae_jax.train import probe
@@ -130,7 +130,8 @@ class ShardedSplit:
 class Reconstructions:
   """Reconstruction grids of fixed eval images: PNG in ``W/recon`` and TensorBoard.
 
-  A norm-pix model's hidden patches get the mean and variance estimated from the
+  A model whose target is not pixels (HOG, teacher features) shows the input and its
+  mask, the header saying so. A norm-pix model's hidden patches get the mean and variance estimated from the
   visible patches around them (``viz.unnormalize_prediction``), as ``mae-jax
   visualize`` draws them by default; the header says so."""
 
@@ -148,8 +149,11 @@ class Reconstructions:
     replicated = sharding_lib.replicated(mesh)
     self._device_images = jax.device_put(self.images, replicated)  # once, not per grid
 
-    def apply(params, images, key):
-      return model.apply({"params": params}, images, train=False, rngs={"masking": key})
+    def apply(params, teacher, images, key):
+      target = (None if teacher is None else
+                targets.teacher_targets(model, teacher, params, images))
+      return model.apply({"params": params}, images, train=False, target=target,
+                         rngs={"masking": key})
     self._run = jax.jit(apply, out_shardings=replicated)  # every process can read it
 
   def has_result(self, eval_log: EvalLog) -> bool:
@@ -160,10 +164,20 @@ class Reconstructions:
 
   def run(self, state, step: int) -> dict:
     with jax.set_mesh(self.mesh), sharding_lib.logical_rules():
-      loss, pred, mask = self._run(state.params, self._device_images, jax.random.key(step))
+      loss, pred, mask = self._run(state.params, getattr(state, "teacher", None),
+                                   self._device_images, jax.random.key(step))
     if jax.process_index() == 0:
       c = self.config
       tubelet = registry.tubelet_size(c)
+      target = c.model.get("target", "pixels")
+      if target != "pixels":  # HOG / teacher predictions: the input and its mask only
+        grid = viz.grid_image(viz.masked_rows(self.images, np.asarray(jax.device_get(mask)),
+                                              c.model.patch_size, self.mean, self.std, tubelet),
+                              scale=viz.default_scale(c.data.image_size),
+                              header=viz.target_header(target, clips=bool(tubelet)))
+        viz.save_png(grid, fileio.join(self.workdir, "recon", f"step_{step:07d}.png"))
+        self.writer.image(step, "reconstructions", grid)
+        return {"recon_loss": float(loss)}
       # norm-pix: hidden patches get statistics estimated from the visible ones
       rows = viz.reconstruction_rows(self.images, np.asarray(jax.device_get(pred)),
                                      np.asarray(jax.device_get(mask)), c.model.patch_size,

@@ -47,8 +47,20 @@ class PretrainTask:
     train_step = step_lib.make_train_step(self.model, tx, mesh, shardings, lr_fn,
                                           c.seed if step_seed is None else step_seed,
                                           pipeline.normalization(c.data,
-                                                                 dataset_required=not abstract))
+                                                                 dataset_required=not abstract),
+                                          **self.teacher_schedule(abstract))
     return Built(state, shardings, train_step, self.batch_shardings(mesh))
+
+  def teacher_schedule(self, abstract: bool) -> dict:
+    """The EMA teacher's momentum (start, end, optimizer updates to reach end; 0 in
+    ``model.teacher_momentum_steps``: the whole run) and the micro-batches per update."""
+    m, accum = self.config.model, optim.accumulation_steps(self.config.optim)
+    if m.get("target", "pixels") != "teacher":
+      return {}
+    steps = int(m.teacher_momentum_steps)
+    if not steps:  # (a dry run's momentum values do not change the step's memory)
+      steps = 1 if abstract else loop.total_steps(self.config)[0] // accum
+    return dict(teacher_momentum=(*map(float, m.teacher_momentum), steps), accum_steps=accum)
 
   def initialize(self, state, mesh):
     return state

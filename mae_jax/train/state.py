@@ -13,6 +13,12 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
+class TeacherTrainState(TrainState):
+  """The train state of ``model.target=teacher``: also the EMA teacher's encoder params
+  (``mae_jax.models.targets.encoder_params`` of ``params``), sharded like them."""
+  teacher: Any
+
+
 class ClassifierState(flax.struct.PyTreeNode):
   """What a fine-tune / probe checkpoint holds; ``{}`` where a part is unused."""
   step: jax.Array

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from mae_jax.parallel import sharding as sharding_lib
-from mae_jax.train.state import TrainState
+from mae_jax.models import targets
+from mae_jax.train.state import TeacherTrainState, TrainState
 
 
 def to_model_input(images: jax.Array, pixel_stats=None) -> jax.Array:
@@ -91,8 +92,10 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, image_sha
   def init():
     variables = model.init(init_rngs(seed), jnp.zeros(image_shape, jnp.float32))
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    if getattr(model, "target", "pixels") == "teacher":  # the EMA teacher starts as a copy
+      return TeacherTrainState(**state, teacher=targets.encoder_params(params))
+    return TrainState(**state)
   return init, jax.eval_shape(init)
 
 
@@ -103,7 +106,9 @@ def create_train_state(model, tx, mesh, image_shape, seed: int = 0, abstract: bo
   return create_sharded(init, mesh, abstract)
 
 
-def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_stats=None):
+def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_stats=None,
+                    teacher_momentum: tuple[float, float, int] = (0.9998, 1.0, 1),
+                    accum_steps: int = 1):
   """``step(state, images) -> (state, metrics)``: one jit, donated state.
 
   The masking RNG is ``fold_in(key(seed), step)``: a resumed run masks exactly as
@@ -111,6 +116,11 @@ def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_st
   one the optimizer applies for this micro-batch, ``optim.applied_lr``). With
   ``pixel_stats`` (mean, std) the step takes uint8 images and normalises them
   (``to_model_input``); without, normalised floats.
+
+  ``model.target=teacher``: the target is the EMA teacher's (``state.teacher``;
+  ``targets.teacher_targets``), and after each optimizer update (every
+  ``accum_steps`` micro-batches) the teacher moves to ``m * teacher + (1 - m) *
+  params`` with ``m = targets.teacher_momentum(updates, *teacher_momentum)``.
   """
   base_key = jax.random.fold_in(jax.random.key(seed), 2)
 
@@ -118,8 +128,12 @@ def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_st
     rng = jax.random.fold_in(base_key, state.step)
     images = to_model_input(images, pixel_stats)
 
+    teacher = getattr(state, "teacher", None)
+    target = (None if teacher is None else
+              targets.teacher_targets(model, teacher, state.params, images))
+
     def loss_fn(params):
-      loss, _, _ = model.apply({"params": params}, images, train=True,
+      loss, _, _ = model.apply({"params": params}, images, train=True, target=target,
                                rngs={"masking": rng})
       return loss
 
@@ -128,6 +142,14 @@ def make_train_step(model, tx, mesh, state_shardings, lr_fn, seed: int, pixel_st
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step),
                "param_norm": optax.tree.norm(params)}  # catches an update to inf
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new = dict(step=state.step + 1, params=params, opt_state=opt_state)
+    if teacher is not None:
+      applied = (state.step + 1) % accum_steps == 0   # an optimizer update was applied
+      momentum = targets.teacher_momentum((state.step + 1) // accum_steps - 1,
+                                          *teacher_momentum)
+      momentum = jnp.where(applied, momentum, 1.0)
+      new["teacher"] = targets.ema_update(teacher, params, momentum)
+      metrics["teacher_momentum"] = momentum
+    return state.replace(**new), metrics
 
   return jit_step(train_step, mesh, state_shardings, sharding_lib.batch_sharding(mesh))
