@@ -2,6 +2,7 @@
 declared, every declared key is refused with one ``error:`` line naming it for a value
 of the wrong type and for one outside its range, through the commands users run
 (in this process), before anything is read, compiled or written."""
+import functools
 import glob
 import json
 import os
@@ -34,8 +35,13 @@ def shipped_configs():
       yield f"{name}:{arg}" if arg else name, load_config(name, arg)
 
 
+@functools.cache
+def base_keys(name: str) -> frozenset:
+  return frozenset(leaves(load_config(name)))
+
+
 def base_of(key: str) -> str:
-  return next(name for name in BASES if key in leaves(load_config(name)))
+  return next(name for name in BASES if key in base_keys(name))
 
 
 def command_of(base: str) -> str:
