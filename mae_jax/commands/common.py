@@ -9,7 +9,7 @@ import sys
 
 from absl import flags
 
-from mae_jax.errors import StorageError, UserError, os_error_message
+from mae_jax.errors import ConfigError, StorageError, UserError, os_error_message
 
 # ``--verbosity`` of the command that is running (``run_command`` sets it).
 _verbosity = 0
@@ -257,14 +257,15 @@ def _verbose() -> bool:
   return _verbosity >= 1
 
 
-def _exit_with(message: str, code: int):
+def _exit_with(message: str, code: int, collect: bool = True):
   if _verbose():
     import traceback
     traceback.print_exc()
   # Finalise what a failed operation abandoned (e.g. coroutines of a checkpoint write
   # whose event loop closed) while the interpreter is whole, not during its shutdown.
-  import gc
-  gc.collect()
+  if collect:
+    import gc
+    gc.collect()
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
 
@@ -308,7 +309,9 @@ def guarded(main):
     try:
       return main(*args)
     except UserError as e:
-      _exit_with(str(e), 2)
+      # a config refused before any work abandoned nothing to finalise (a full
+      # collection costs a second in a large process)
+      _exit_with(str(e), 2, collect=not isinstance(e, ConfigError))
     except OSError as e:  # the file system: unwritable, not a directory, full, ...
       import errno
       writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
@@ -504,7 +507,7 @@ class ConfigCommand:
     try:
       config_schema.check(value)
     except UserError as e:
-      raise UserError(f"{config_flag(fv)}: {e}") from None
+      raise ConfigError(f"{config_flag(fv)}: {e}") from None
     from mae_jax import fileio
     for key, leaf in config_schema.leaves(value):
       if isinstance(leaf, str):
