@@ -53,6 +53,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from paper_trends import load_config  # noqa: E402  (configs/<name>.py get_config)
 
 ARMS = {
     "pixels": dict(),
@@ -77,15 +80,6 @@ PAPERS = [
     ("CAN (Mishra et al., 2022, arXiv:2210.16870)",
      "gains over MAE, largest when pretraining on large uncurated data"),
 ]
-
-
-def load_config(name: str, arg: str | None = None):
-  import importlib.util
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def pretrain_config(arm: str, seed: int, steps: int, args):
